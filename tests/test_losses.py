@@ -123,6 +123,12 @@ def test_stop_probs_brute_force_and_sum_to_one(W):
         assert abs(s.sum().item() - 1) < 1e-12
 
 
+def test_gradcheck_full_generic_loss():
+    torch.manual_seed(8)
+    z = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True); tg = torch.tensor([[2, 0]])
+    assert torch.autograd.gradcheck(lambda x: cyb_loss(x, tg, [1, 2, 1], [1, .9, .8]), (z,))  # full Jacobian, not fast_mode
+
+
 def test_gradcheck_every_loss():
     torch.manual_seed(0)
     W = 3
@@ -138,7 +144,7 @@ def test_gradcheck_every_loss():
            lambda z: ce_loss(z[:, :, :1], tg),
            lambda z: LossConfig("ap").eval_nll(z, tg).sum()]
     for f in fns:
-        assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_special_cases():
@@ -214,3 +220,138 @@ def test_errors(call, exc, msg):
     z = torch.randn(2, 3, 4, 8); t = torch.randint(0, 7, (2, 3))
     with pytest.raises(exc, match=msg):
         call(z, t)
+
+
+def test_more_errors():
+    z = torch.randn(2, 3, 4, 8); t = torch.randint(0, 7, (2, 3))
+    cases = [
+        (lambda: cyb_va_loss(z, t, gamma=[1, 0, 1, 1]), ValueError, "gamma"),  # VA: −s log γ is infinite at γ = 0
+        (lambda: cyb_dp_loss(z, t, rho=[1, -1, 1, 1], alpha=0.1), ValueError, "rho"),
+        (lambda: cyb_dp_loss(z, t, rho=[0, 0, 0, 0], alpha=0.1), ValueError, "rho"),
+        (lambda: cyb_loss(z, t, dk_prior=0.0), ValueError, "dk_prior"),
+        (lambda: cyb_loss(z, torch.full_like(t, -3)), ValueError, "targets"),
+        (lambda: cyb_loss(z, t, step_mask=torch.ones(2, 3, 3, dtype=torch.bool)), ValueError, "step_mask"),
+        (lambda: cyb_loss(z, t, step_mask=torch.tensor([True, False, True, True]).expand(2, 3, 4)), ValueError, "prefix"),
+        (lambda: LossConfig("ap", W_max=0), ValueError, "W_max"),
+        (lambda: LossConfig("ap", omega=[1, 1, 1], W_max=4), ValueError, "omega"),
+        (lambda: LossConfig("va", rho=[1, 1], W_max=4), ValueError, "rho"),
+        (lambda: LossConfig("ap", gamma=[1, 2], W_max=2), ValueError, "gamma"),
+        (lambda: LossConfig("dp", alpha=-1), ValueError, "alpha"),
+        (lambda: LossConfig("ap", W_max=3)(z, t), ValueError, "W_max"),
+        (lambda: LossConfig("ce", W_max=4), ValueError, "W_max"),
+        (lambda: head_log_probs(z, t), ValueError, "broadcast"),
+        (lambda: log_stop_probs(z[..., 0], z[..., 1, :3]), ValueError, "same shape"),
+    ]
+    for call, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            call()
+
+
+def test_defaults_are_the_winning_config():
+    torch.manual_seed(4)
+    z = torch.randn(2, 3, 4, 8, dtype=torch.float64); t = torch.randint(0, 7, (2, 3))
+    torch.testing.assert_close(LossConfig()(z, t), cyb_loss(z, t, [0, 0, 0, 1], [1, 1, 1, 1], 0.9))
+    assert LossConfig().alpha == 0 and LossConfig.from_name("dp").alpha == 0.01 and LossConfig("dp").alpha == 0.01
+    assert LossConfig("ce").uses_pauses is False and LossConfig("tbys").uses_pauses is True
+    # ratios are normalised: 4:1:1:4 is the same as 0.4:0.1:0.1:0.4
+    torch.testing.assert_close(cyb_loss(z, t, [4, 1, 1, 4]), cyb_loss(z, t, [.4, .1, .1, .4]))
+    # dk_prior=None = no shift: d is the plain softmax mass of δ
+    ld, _, _ = head_log_probs(z, t[..., None], None)
+    torch.testing.assert_close(ld.exp(), z.softmax(-1)[..., -1])
+
+
+def test_tbys_is_generic_loss_with_variable_pauses():
+    torch.manual_seed(5)
+    W = 4
+    z = torch.randn(3, 5, W, 7, dtype=torch.float64); t = torch.randint(0, 6, (3, 5)); t[0, 0] = IGN
+    mask = torch.arange(W) <= torch.randint(0, W, (3, 5))[..., None]
+    forced = z.clone(); forced[..., -1] = torch.where(mask, 1e4, forced[..., -1])  # abstain at every existing step
+    torch.testing.assert_close(tbys_loss(z, t, mask), cyb_loss(forced, t, None, None, 0.9, mask), rtol=0, atol=1e-10)
+
+
+def test_zero_omega_tail_and_masked_steps_have_finite_gradients():
+    torch.manual_seed(6)
+    z = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True); t = torch.randint(0, 5, (2, 3))
+    mask = torch.arange(4) <= torch.tensor([[0, 1, 3], [2, 3, 1]])[..., None]
+    for f in [lambda: cyb_loss(z, t, [1, 1, 0, 0]), lambda: cyb_loss(z, t, [1, 0, 0, 0], None, 0.9, mask),
+              lambda: cyb_dp_loss(z, t, [0, 0, 1, 0], 0.5, [0, 1, 0, 1], None, 0.9, mask),
+              lambda: cyb_va_loss(z, t, [1, 2, 3, 4], [1, .5, .5, .5], 0.9, mask)]:
+        g, = torch.autograd.grad(f(), z)
+        assert torch.isfinite(g).all()
+    assert torch.autograd.gradcheck(lambda x: cyb_loss(x, t, [1, 1, 0, 0], None, 0.9, mask), (z,), fast_mode=True)
+
+
+def test_head_gradcheck_and_bf16():
+    torch.manual_seed(7)
+    z = torch.randn(3, 4, 9, dtype=torch.float64, requires_grad=True); x = torch.randint(0, 8, (3, 4)); x[0, 0] = IGN
+    w = torch.randn(3, 3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: sum((o * w[k]).sum() for k, o in enumerate(head_log_probs(z, x))), (z,))
+    zb = z.detach().bfloat16().requires_grad_()
+    out = head_log_probs(zb, x)
+    sum(o.sum() for o in out).backward()
+    assert zb.grad.dtype == torch.bfloat16 and torch.isfinite(zb.grad.float()).all()
+    # log d and log(1 − d) are the logs of complementary probabilities
+    torch.testing.assert_close(torch.logaddexp(out[0], out[1]), torch.zeros(3, 4))
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=20, deadline=None)
+    @given(W=st.integers(1, 6), B=st.integers(1, 3), T=st.integers(1, 4), V=st.integers(1, 6), seed=st.integers(0, 10**6),
+           variable=st.booleans(), zeros=st.booleans())
+    def test_random_shapes_brute_force(W, B, T, V, seed, variable, zeros):
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        logits = torch.randn(B, T, W, V + 1, dtype=torch.float64) * 3
+        targets = torch.randint(0, V, (B, T))
+        omega = [0.0 if zeros and rng.random() < 0.5 else rng.random() for _ in range(W)]
+        if sum(omega) == 0:
+            omega[-1] = 1.0
+        omega = [w / sum(omega) for w in omega]
+        counts = torch.randint(0, W, (B, T)) if variable else torch.full((B, T), W - 1)
+        mask = (torch.arange(W) <= counts[..., None]) if variable else None
+        loss, diag = cyb_loss(logits, targets, omega, None, 0.9, mask, return_diagnostics=True)
+        ref, ref_s = [], []
+        for b in range(B):
+            for t in range(T):
+                n = int(counts[b, t]) + 1
+                dt = [ref_head(logits[b, t, i].tolist(), int(targets[b, t]), 0.9) for i in range(W)]
+                s = ref_stop_probs([x[0] for x in dt], omega, n)
+                ref.append(-math.log(sum(s[i] * dt[i][1] for i in range(n))))
+                ref_s.append(s)
+        assert abs(loss.item() - sum(ref) / len(ref)) < 1e-10
+        torch.testing.assert_close(diag["s"], torch.tensor(ref_s, dtype=torch.float64).reshape(B, T, W), rtol=0, atol=1e-12)
+        torch.testing.assert_close(diag["s"].sum(-1), torch.ones(B, T, dtype=torch.float64))
+except ImportError:  # hypothesis is optional
+    pass
+
+
+def test_head_exact_in_every_regime():
+    "δ dominant, target very unlikely, masked (−inf) logits: the head agrees with a float64 reference, in float32 too."
+    torch.manual_seed(9)
+    z = torch.randn(6, 4, 8, dtype=torch.float64) * 3
+    z[0, :, -1] = 30.0  # raw p_δ ≈ 1
+    z[1, :, 2] = -40.0  # target 2 is very unlikely
+    z[2, :, 5] = -float("inf")  # a masked real token (not the target)
+    z[3, :, -1] = -float("inf")  # δ masked: d = 0
+    z[4] *= 1e3
+    x = torch.tensor([0, 2, 1, 3, 4, 6])[:, None].expand(6, 4).clone()
+    x[5, 0] = IGN
+    ref = [[ref_head(z[b, k].tolist(), max(int(x[b, k]), 0), 0.9) for k in range(4)] for b in range(6) if b != 4]
+    ld, l1md, lt = head_log_probs(z, x)
+    keep = torch.tensor([b != 4 for b in range(6)])
+    with torch.no_grad():
+        d_ref = torch.tensor([[r[0] for r in row] for row in ref], dtype=torch.float64)
+        t_ref = torch.tensor([[r[1] for r in row] for row in ref], dtype=torch.float64)
+    torch.testing.assert_close(ld[keep].exp(), d_ref, rtol=1e-12, atol=1e-300)
+    torch.testing.assert_close(l1md[keep].exp(), 1 - d_ref, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(lt[keep], t_ref.log(), rtol=1e-12, atol=1e-12)
+    ld32, l1md32, lt32 = head_log_probs(z.float(), x)
+    for a, b in ((ld32, ld), (l1md32, l1md), (lt32, lt)):
+        fin = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), fin)
+        torch.testing.assert_close(a[fin].double(), b[fin], rtol=1e-5, atol=1e-4)
+    zg = z[:4].clone().nan_to_num(neginf=-60.0).requires_grad_()
+    w = torch.randn(3, 4, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q: sum((o * w[k]).sum() for k, o in enumerate(head_log_probs(q, x[:4]))), (zg,))

@@ -1,0 +1,283 @@
+"""Decoding tests: KV-cached Recipe 1 equals uncached step logits, adaptive pauses follow d, statistics vs references.
+
+References are written here independently of cyb_nb.decode: float64 loops, scipy.stats.spearmanr, and uncached
+`forward_steps` on the Recipe-2 stream the adaptive decoder claims to have built.
+"""
+import math
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+from cyb_nb.decode import (calibration, cached_step_logits, expected_latency_histogram, generate, head_readout,
+                           latency_histogram, pause_stats_by_token, pause_table, readout, sample_next, score_adaptive,
+                           score_fixed, spearman, stream_generate, token_stats)
+from cyb_nb.losses import head_log_probs
+from cyb_nb.models import forward_steps
+from cyb_nb.train import make_model
+
+V = 12
+torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(V, "ap", n_pauses=3, size="tiny", seed=0, max_positions=256).eval()
+
+
+class Forced(nn.Module):
+    "Test wrapper: overwrite the δ logit (last column) with a constant, keeping the cache interface."
+
+    def __init__(self, model, value):
+        super().__init__()
+        self.model, self.value, self.pause_vocab = model, value, model.pause_vocab
+
+    def new_cache(self):
+        from cyb_nb.decode import new_cache
+        return new_cache(self.model)
+
+    def forward(self, *a, **kw):
+        z = self.model(*a, **kw).clone()
+        z[..., -1] = self.value
+        return z
+
+
+def ids_(B=3, T=7, seed=0):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("n_pauses", [0, 1, 3])
+def test_cached_equals_uncached(n_pauses):
+    m = make_model(V, "ap" if n_pauses else "ce", n_pauses=n_pauses, size="tiny", seed=1, max_positions=256).eval()
+    ids = ids_(2, 9, seed=n_pauses)
+    with torch.no_grad():
+        ref, _ = forward_steps(m, ids, m.pause_vocab)
+    got = cached_step_logits(m, ids)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() < 1e-5
+
+
+def test_greedy_mixture_generation_matches_teacher_forced(model):
+    "Greedy Recipe 1 generation picks the argmax of the teacher-forced mixture Σ s_i ŷ_i at every position."
+    out = generate(model, [1, 2, 3], 6, temperature=0)
+    full = torch.tensor([[1, 2, 3] + out["tokens"]])
+    with torch.no_grad():
+        sl, _ = forward_steps(model, full, model.pause_vocab)
+    sl = sl.double()
+    # independent float64 reference of the mixture
+    logd, log1md, _ = head_log_probs(sl, torch.zeros(sl.shape[:-1], dtype=torch.long))
+    d = logd.exp()
+    y = torch.softmax(sl[..., :-1], -1)
+    for t in range(2, full.shape[1] - 1):
+        p, reach = torch.zeros(V, dtype=torch.float64), 1.0
+        for i in range(4):
+            s_i = reach * (1 - d[0, t, i]) if i < 3 else reach
+            p += s_i * y[0, t, i]
+            reach = reach * d[0, t, i]
+        assert int(p.argmax()) == int(full[0, t + 1])
+
+
+def test_events_fields(model):
+    evs = list(stream_generate(model, [1, 2], 4, seed=0))
+    assert len(evs) == 4
+    for e in evs:
+        assert e.positions == 4 and len(e.d) == 4 and abs(sum(e.s) - 1) < 1e-5 and 0 <= e.pauses <= 3
+    evs = list(stream_generate(model, [1, 2], 4, mode="adaptive", seed=0, decode=lambda t: f"<{t[0]}>"))
+    for e in evs:
+        assert e.positions == e.pauses + 1 and len(e.d) == e.positions and e.text == f"<{e.token}>"
+
+
+# ---------------------------------------------------------------- adaptive pauses
+
+
+@pytest.mark.parametrize("value,expect", [(-1e4, 0), (1e4, 3)])
+def test_forced_dont_know(model, value, expect):
+    forced = Forced(model, value)
+    g = generate(forced, [1, 2, 3], 5, mode="adaptive", seed=0)
+    assert [e.pauses for e in g["events"]] == [expect] * 5
+    assert g["positions_per_token"] == 1 + expect
+    s = score_adaptive(forced, ids_())
+    assert (s["pauses"] == expect).all() and s["positions_per_token"] == 1 + expect
+    s = score_adaptive(forced, ids_(), halt="sample")
+    assert (s["pauses"] == expect).all()
+    # a smaller budget caps the pauses
+    s = score_adaptive(forced, ids_(), max_pauses=1)
+    assert (s["pauses"] == min(expect, 1)).all()
+    # Recipe 1 does not adapt
+    assert generate(forced, [1, 2, 3], 3)["positions_per_token"] == 4
+
+
+def test_threshold_extremes(model):
+    assert (score_adaptive(model, ids_(), threshold=0.0)["pauses"] == 3).all()  # d >= 0 always: pause to the deadline
+    assert (score_adaptive(model, ids_(), threshold=1.0)["pauses"] == 0).all()  # d < 1 always: answer at once
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.88, 0.9])
+def test_adaptive_matches_uncached_recipe2_stream(model, threshold):
+    "The cached adaptive decoder's NLL and d equal an uncached forward over the stream with its own pause counts."
+    ids = ids_(3, 8, seed=3)
+    sa = score_adaptive(model, ids, threshold=threshold)
+    with torch.no_grad():
+        sl, stream = forward_steps(model, ids, model.pause_vocab, counts=sa["pauses"])
+    log_d, _, _ = head_readout(sl)
+    log_y = torch.log_softmax(sl[..., :-1].double(), -1)
+    for b in range(3):
+        for t in range(8):
+            k = int(sa["pauses"][b, t])
+            assert torch.allclose(sa["d"][b, t, :k + 1].double(), log_d[b, t, :k + 1].exp().double(), atol=1e-5)
+            if t < 7:
+                assert abs(sa["nll"][b, t] + log_y[b, t, k, ids[b, t + 1]]) < 1e-4
+            # the rule: pause while d >= threshold, answer at the first d < threshold (or at the deadline)
+            d = sa["d"][b, t]
+            assert all(d[i] >= threshold for i in range(k)) and (k == 3 or d[k] < threshold)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_spearman_vs_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    for n in [2, 3, 5, 17, 200]:
+        for ties in [False, True]:
+            x = torch.randint(0, 4, (n,), generator=g).double() if ties else torch.randn(n, generator=g, dtype=torch.float64)
+            y = torch.randn(n, generator=g, dtype=torch.float64)
+            if x.unique().numel() < 2:
+                continue
+            ref = stats.spearmanr(x.numpy(), y.numpy()).statistic
+            assert abs(spearman(x, y) - ref) < 1e-10
+
+
+def test_calibration_vs_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(1)
+    d, t = torch.rand(4, 30, 4, generator=g), torch.rand(4, 30, 4, generator=g)
+    mask = torch.rand(4, 30, generator=g) > 0.3
+    cal = calibration(d, t, mask)
+    assert len(cal) == 3
+    for i, c in enumerate(cal):
+        ref = stats.spearmanr(d[mask][:, i].numpy(), (t[mask][:, i + 1] - t[mask][:, i]).numpy())
+        assert abs(c["spearman"] - ref.statistic) < 1e-10 and c["n"] == int(mask.sum())
+
+
+def test_spearman_constant_warns():
+    with pytest.warns(UserWarning, match="constant"):
+        assert math.isnan(spearman(torch.ones(5), torch.arange(5.0)))
+
+
+def test_latency_histogram_sums_to_one(model):
+    st = score_fixed(model, ids_(4, 10))
+    h = latency_histogram(st["s"], st["mask"])
+    assert abs(float(h.sum()) - 1) < 1e-5
+    # brute force: mean of s over masked tokens, with a loop
+    rows = [st["s"][b, t] for b in range(4) for t in range(10) if st["mask"][b, t]]
+    assert torch.allclose(h, torch.stack(rows).mean(0), atol=1e-6)
+    eh = expected_latency_histogram(st["expected_pauses"], st["mask"], W=4)
+    assert abs(float(eh["freq"].sum()) - 1) < 1e-9 and eh["edges"].numel() == eh["freq"].numel() + 1
+
+
+def test_token_stats_vs_bruteforce():
+    g = torch.Generator().manual_seed(2)
+    sl = torch.randn(2, 5, 4, V + 1, generator=g, dtype=torch.float64)
+    tg = torch.randint(0, V, (2, 5), generator=g)
+    tg[:, -1] = -100
+    st = token_stats(sl, tg)
+    logd, _, _ = head_log_probs(sl, torch.zeros(2, 5, 4, dtype=torch.long))
+    d = logd.exp()
+    for b in range(2):
+        for t in range(4):
+            y = torch.softmax(sl[b, t, :, :V], -1)[:, tg[b, t]]
+            reach, p, ep = 1.0, 0.0, 0.0
+            for i in range(4):
+                s_i = reach * (1 - d[b, t, i]) if i < 3 else reach
+                p, ep, reach = p + s_i * y[i], ep + i * s_i, reach * d[b, t, i]
+            assert abs(st["nll"][b, t] + math.log(p)) < 1e-5
+            assert abs(st["expected_pauses"][b, t] - ep) < 1e-5
+        assert st["nll"][b, -1] == 0 and not st["mask"][b, -1]
+
+
+def test_readout_mixture_and_argmax_bruteforce():
+    g = torch.Generator().manual_seed(3)
+    log_y = torch.log_softmax(torch.randn(2, 4, 6, generator=g, dtype=torch.float64), -1)
+    log_s = torch.log_softmax(torch.randn(2, 4, generator=g, dtype=torch.float64), -1)
+    lp, step = readout(log_y, log_s)
+    for b in range(2):
+        ref = sum(log_s[b, i].exp() * log_y[b, i].exp() for i in range(4))
+        assert torch.allclose(lp[b].exp(), ref) and step[b] == -1
+    lp, step = readout(log_y, log_s, "argmax_step")
+    for b in range(2):
+        i = max(range(4), key=lambda i: float(log_s[b, i]))
+        assert step[b] == i and torch.equal(lp[b], log_y[b, i])
+
+
+def test_top_k_restricts_support():
+    log_p = torch.log_softmax(torch.randn(1, 20, generator=torch.Generator().manual_seed(4)), -1)
+    allowed = set(log_p[0].topk(3).indices.tolist())
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(log_p, 1.5, top_k=3, generator=g)) for _ in range(200)}
+    assert draws <= allowed and len(draws) > 1
+
+
+def test_pause_stats_vs_bruteforce():
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 4, (3, 20), generator=g)
+    ep = torch.rand(3, 20, generator=g, dtype=torch.float64) * 3
+    mask = torch.rand(3, 20, generator=g) > 0.2
+    got = {r["token"]: r for r in pause_stats_by_token(ids, ep, mask, min_count=1)}
+    for tok in range(4):
+        vals = [float(ep[b, t]) for b in range(3) for t in range(20) if mask[b, t] and ids[b, t] == tok]
+        if not vals:
+            continue
+        r = got[tok]
+        assert r["count"] == len(vals)
+        assert abs(r["mean"] - statistics.fmean(vals)) < 1e-9
+        assert abs(r["var"] - statistics.pvariance(vals)) < 1e-9
+        assert r["median"] in vals  # torch's median is the lower middle value
+    tab = pause_table(list(got.values()), k=2)
+    assert set(tab) == {("low", "low"), ("low", "high"), ("high", "low"), ("high", "high")}
+
+
+# ---------------------------------------------------------------- bad arguments
+
+
+def test_bad_args(model):
+    with pytest.raises(ValueError, match="mode"):
+        generate(model, [1, 2], 2, mode="fast")
+    with pytest.raises(ValueError, match="readout"):
+        generate(model, [1, 2], 2, readout_rule="best")
+    with pytest.raises(ValueError, match="halt"):
+        generate(model, [1, 2], 2, mode="adaptive", halt="never")
+    with pytest.raises(ValueError, match="threshold"):
+        score_adaptive(model, ids_(), threshold=-0.1)
+    with pytest.raises(ValueError, match="max_pauses"):
+        score_adaptive(model, ids_(), max_pauses=7)
+    with pytest.raises(ValueError, match="prompt ids"):
+        generate(model, [1, V], 2)
+    with pytest.raises(ValueError, match="prompt"):
+        generate(model, [], 2)
+    with pytest.raises(TypeError, match="prompt"):
+        generate(model, torch.tensor([1.0, 2.0]), 2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [1], 0)
+    with pytest.raises(ValueError, match="max_positions"):
+        generate(model, [1] * 250, 10)  # the fixture holds 256 positions
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(torch.zeros(1, 3), -1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_next(torch.zeros(1, 3), 1.0, top_k=0)
+    with pytest.raises(ValueError, match="omega"):
+        score_adaptive(model, ids_(), omega=[1, 1])
+    with pytest.raises(ValueError, match="equal length"):
+        spearman(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="at least 2"):
+        spearman(torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="mask"):
+        latency_histogram(torch.ones(2, 3, 4) / 4, torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="by"):
+        pause_stats_by_token(ids_(), torch.zeros(3, 7), by="next")
+    with pytest.raises(TypeError, match="V\\+1"):
+        head_readout(torch.zeros(2, 3, dtype=torch.long))
