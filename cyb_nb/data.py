@@ -20,10 +20,11 @@ import torch
 from .stream import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DATA_NAMES', 'TaskData', 'make_modsum', 'make_lookup',
-           'make_task', 'plot_difficulty', 'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer',
-           'TextTokenizer', 'data_path', 'load_tokenizer', 'load_corpus', 'corpus_split', 'token_stream', 'pack',
-           'load_text', 'batches', 'DataBundle', 'load_data']
+__all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DOC_SEPARATORS', 'TEXT_SPLITS', 'CORPUS_SUFFIXES',
+           'DATA_NAMES', 'TaskData', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty', 'mean_by_difficulty',
+           'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'data_path', 'load_tokenizer',
+           'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack', 'load_text',
+           'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data']
 
 # %% ../nbs/06_data.ipynb #c9217715
 RANDOM = -1  # label: the next token was freshly sampled, unpredictable by anyone
@@ -313,6 +314,7 @@ def build_corpus(src: str | Path = "/usr/share/doc/python3.11/html/_sources", ou
 
 # %% ../nbs/06_data.ipynb #b3edca2b
 DOC_TOKEN = "<|doc|>"  # separator inserted between documents when packing; id 0
+DOC_SEPARATORS = (DOC_TOKEN, "<|endoftext|>", "</s>", "<eos>", "<|eos|>")  # first one a tokenizer has separates documents
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024):
@@ -336,17 +338,17 @@ class TextTokenizer:
     def __init__(self, tok):
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
-        self.doc_id = tok.token_to_id(DOC_TOKEN)
+        self.doc_id = next((i for i in map(tok.token_to_id, DOC_SEPARATORS) if i is not None), None)
 
     def encode(self, text: str) -> list[int]:
         "Token ids of `text`."
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self.tok.encode(text).ids
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         "Token ids of several texts (parallel in Rust)."
-        return [e.ids for e in self.tok.encode_batch(list(texts))]
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         "Text of a 1-D sequence of ids (a list or a tensor); `<|doc|>` is kept visible."
@@ -374,9 +376,11 @@ def data_path(name: str = "") -> Path:
 
 @lru_cache(maxsize=2)
 def load_tokenizer(path: str | None = None) -> TextTokenizer:
-    "The bundled byte-level BPE tokenizer (vocabulary 1024), or one saved at `path`."
+    "The bundled byte-level BPE tokenizer (vocabulary 1024), or one saved at `path` (a `tokenizer.json`, or a folder holding one, as 🤗 saves)."
     from tokenizers import Tokenizer
 
+    if path is not None and Path(path).is_dir():
+        path = Path(path) / "tokenizer.json"
     return TextTokenizer(Tokenizer.from_file(str(path or data_path("tokenizer.json"))))
 
 # %% ../nbs/06_data.ipynb #8d033ef8
@@ -391,38 +395,62 @@ def load_corpus() -> tuple:
         return tuple((d["id"], d["text"]) for d in map(json.loads, fh))
 
 
+TEXT_SPLITS = ("train", "val", "pretrain", "finetune")  # train = pretrain ∪ finetune; val is disjoint from all three
+
+
 def _blocks(texts: Sequence[str]):
-    "Cut documents into blocks of `_BLOCK_PARAS` paragraphs; return the blocks and whether each is validation."
+    "Cut documents into blocks of `_BLOCK_PARAS` paragraphs; return the blocks and the split of each ('val', 'pretrain', 'finetune')."
     blocks = []
     for text in texts:
         paras = text.split("\n")
         blocks += ["\n".join(paras[i : i + _BLOCK_PARAS]) for i in range(0, len(paras), _BLOCK_PARAS)]
-    return blocks, [i % _VAL_EVERY == _VAL_EVERY - 1 for i in range(len(blocks))]
+    splits, j = [], 0
+    for i in range(len(blocks)):
+        if i % _VAL_EVERY == _VAL_EVERY - 1:
+            splits.append("val")
+        else:  # the training blocks alternate between the pretraining and the fine-tuning half
+            splits.append("pretrain" if j % 2 == 0 else "finetune")
+            j += 1
+    return blocks, splits
+
+
+def _check_split(split: str):
+    "Raise unless `split` names a split of `TEXT_SPLITS`."
+    if split not in TEXT_SPLITS:
+        raise ValueError(f"split must be one of {TEXT_SPLITS}, got {split!r}")
+
+
+def blocks_of_split(texts: Sequence[str], split: str = "train") -> list[str]:
+    "The blocks of `split` ('train', 'val', 'pretrain' or 'finetune') of documents `texts`."
+    _check_split(split)
+    blocks, splits = _blocks(texts)
+    return [b for b, s in zip(blocks, splits) if s == split or (split == "train" and s != "val")]
 
 
 def corpus_split(split: str = "train") -> list[str]:
-    "Text blocks of the `'train'` or `'val'` split of the bundled corpus."
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    blocks, is_val = _blocks([t for _, t in load_corpus()])
-    return [b for b, v in zip(blocks, is_val) if v == (split == "val")]
+    "Text blocks of a split of the bundled corpus: 'train', 'val', or a half of train ('pretrain', 'finetune')."
+    return blocks_of_split([t for _, t in load_corpus()], split)
+
+
+def encode_blocks(blocks: Sequence[str], tokenizer) -> torch.Tensor:
+    "Blocks of text as one 1-D token stream, the tokenizer's document separator (if it has one) before every block."
+    ids = []
+    for e in tokenizer.encode_batch(list(blocks)):
+        if tokenizer.doc_id is not None:
+            ids.append(tokenizer.doc_id)
+        ids.extend(e)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @lru_cache(maxsize=4)
 def _token_stream(split: str) -> torch.Tensor:
     "The tokens of a split as one stream, `<|doc|>` before every block."
-    tk = load_tokenizer()
-    ids = []
-    for e in tk.encode_batch(corpus_split(split)):
-        ids.append(tk.doc_id)
-        ids.extend(e)
-    return torch.tensor(ids, dtype=torch.long)
+    return encode_blocks(corpus_split(split), load_tokenizer())
 
 
 def token_stream(split: str = "train") -> torch.Tensor:
     "All tokens of a split of the bundled corpus as one 1-D LongTensor (a copy)."
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    _check_split(split)
     return _token_stream(split).clone()
 
 
@@ -439,10 +467,75 @@ def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 def load_text(seq_len: int = 64, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
-    "Packed rows `[N, seq_len]` of the bundled corpus's `'train'` or `'val'` split (the first `max_rows` if given)."
+    "Packed rows `[N, seq_len]` of a split of the bundled corpus (`TEXT_SPLITS`; the first `max_rows` if given)."
     if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
         raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
     rows = pack(token_stream(split), seq_len)
+    return rows if max_rows is None else rows[:max_rows]
+
+# %% ../nbs/06_data.ipynb #8561b81f
+CORPUS_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")  # files read_corpus takes from a folder
+
+
+def read_text_file(path) -> str:
+    "The UTF-8 text of `path`; a binary file (NUL byte) or one that is not valid UTF-8 raises ValueError naming it."
+    path = Path(path)
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ValueError(f"corpus file {str(path)!r} is binary (NUL byte at offset {nul}); expected UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (invalid byte at offset {e.start}); "
+                         "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _jsonl_documents(f: Path, text: str) -> list:
+    "Documents of a JSON-lines file: one object with a string 'text' field per non-empty line."
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}:{n}: not valid JSON ({e.msg}); expected one object with a 'text' field per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise ValueError(f"{f}:{n}: expected an object with a string 'text' field, got {str(obj)[:60]!r}")
+        if obj["text"].strip():
+            docs.append((f"{f.name}:{n}", obj["text"]))
+    return docs
+
+
+def read_corpus(path) -> list:
+    "Documents `(id, text)` of a corpus: a text file, a JSON-lines file (`{'text': ...}` per line) or a folder of them."
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"corpus must be a path (str or Path), got {type(path).__name__}")
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"corpus {str(p)!r} not found")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in CORPUS_SUFFIXES)
+        if not files:
+            raise ValueError(f"corpus folder {str(p)!r} has no {'/'.join(CORPUS_SUFFIXES)} files")
+    else:
+        files = [p]
+    docs = []
+    for f in files:
+        text = read_text_file(f)
+        if f.suffix.lower() == ".jsonl":
+            docs += _jsonl_documents(f, text)
+        elif text.strip():
+            docs.append((str(f.relative_to(p)) if p.is_dir() else f.name, text))
+    if not docs:
+        raise ValueError(f"corpus {str(p)!r} holds no text (every file is empty or blank)")
+    return docs
+
+
+def text_rows(texts: Sequence[str], tokenizer, seq_len: int, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
+    "Packed rows `[N, seq_len]` of a split of documents `texts` tokenized with `tokenizer` (the rules of the bundled corpus)."
+    rows = pack(encode_blocks(blocks_of_split(texts, split), tokenizer), seq_len)
     return rows if max_rows is None else rows[:max_rows]
 
 # %% ../nbs/06_data.ipynb #5c161097
@@ -493,20 +586,36 @@ DATA_NAMES = ("text",) + tuple(TASKS)
 
 
 def load_data(name: str = "text", seq_len: int = 64, n_train: int | None = None, n_val: int | None = None,
-              seed: int = 0, **task_kwargs) -> DataBundle:
-    "Train/val data by name: `'text'` (bundled corpus) or a synthetic task of `TASKS`."
+              seed: int = 0, train_split: str = "train", corpus=None, tokenizer=None, **task_kwargs) -> DataBundle:
+    "Train/val data by name: `'text'` (the bundled corpus, or your own `corpus` path) or a synthetic task of `TASKS`."
     if not _is_int(seq_len) or seq_len < 2:
         raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
     for arg, v in (("n_train", n_train), ("n_val", n_val)):
         if v is not None and (not _is_int(v) or v < 1):
             raise ValueError(f"{arg} must be None or an int >= 1, got {v!r}")
+    if name != "text" and (corpus is not None or tokenizer is not None or train_split != "train"):
+        raise ValueError(f"corpus, tokenizer and train_split apply to name='text' only, got name={name!r}")
     if name == "text":
         if task_kwargs:
             raise ValueError(f"data 'text' takes no task options, got {sorted(task_kwargs)}")
-        tk = load_tokenizer()
-        tr, va = load_text(seq_len, "train", n_train), load_text(seq_len, "val", n_val)
+        if train_split not in TEXT_SPLITS or train_split == "val":
+            raise ValueError(f"train_split must be 'train', 'pretrain' or 'finetune', got {train_split!r}")
+        tk = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(None if tokenizer is None else str(tokenizer))
         itos = tk.tokens(range(tk.vocab_size))
-        return DataBundle(tr, va, tk.vocab_size, tk.decode, None, "text", itos, tk)
+        if corpus is None and tokenizer is None:
+            tr, va = load_text(seq_len, train_split, n_train), load_text(seq_len, "val", n_val)
+            return DataBundle(tr, va, tk.vocab_size, tk.decode, None, "text" if train_split == "train" else f"text:{train_split}", itos, tk)
+        texts = [t for _, t in (read_corpus(corpus) if corpus is not None else load_corpus())]
+        parts = {}
+        for split, cap in ((train_split, n_train), ("val", n_val)):
+            try:
+                parts[split] = text_rows(texts, tk, seq_len, split, cap)
+            except ValueError as e:
+                raise ValueError(f"corpus {str(corpus or 'bundled')!r} is too small for seq_len={seq_len}: its {split!r} split "
+                                 f"(every 10th block of 16 lines is 'val') has too few tokens ({e})") from None
+        label = f"text:{Path(corpus).name}" if corpus is not None else "text"
+        return DataBundle(parts[train_split], parts["val"], tk.vocab_size, tk.decode, None,
+                          label if train_split == "train" else f"{label}:{train_split}", itos, tk)
     if name not in TASKS:
         raise ValueError(f"unknown data name {name!r}; expected one of {list(DATA_NAMES)}")
     n_train = 4096 if n_train is None else n_train

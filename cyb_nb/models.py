@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from .stream import PauseStream, PauseVocab, expand
 
 # %% auto #0
-__all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'TinyGPTConfig', 'rope_cos_sin', 'apply_rope', 'KVCache',
-           'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'TinyGPT', 'forward_steps', 'plot_attention_pattern',
-           'accepts_position_ids', 'PauseLM', 'tiny_hf_lm']
+__all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'PAUSE_INITS', 'TinyGPTConfig', 'rope_cos_sin', 'apply_rope',
+           'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'TinyGPT', 'forward_steps',
+           'plot_attention_pattern', 'accepts_position_ids', 'new_rows', 'PauseLM', 'tiny_hf_lm', 'grow_pause_model',
+           'rare_token_ids']
 
 # %% ../nbs/05_models.ipynb #daf527ba
 @dataclass
@@ -341,19 +342,40 @@ def accepts_position_ids(model: nn.Module) -> bool:
         return False
 
 
-def _init_new_rows(weight: torch.Tensor, rows: list[int], n_old: int):
-    "Give freshly added embedding rows distinct values: the old rows' mean plus noise of their per-feature std."
-    with torch.no_grad():
-        old = weight[:n_old].float()
-        noise = torch.randn(len(rows), weight.shape[1], device=weight.device)
-        weight[rows] = (old.mean(0) + old.std(0) * noise).to(weight.dtype)
+PAUSE_INITS = ("mean", "copy", "random")  # how new <pause_k> (and δ) embedding rows start, see `new_rows`
+
+
+def new_rows(weight: torch.Tensor, n: int, init: str = "mean", copy_rows=None, noise: float = 0.1, std: float = 0.02,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    "Values `[n, d]` for embedding rows added after the trained rows of `weight`: 'mean' (+ `noise`·std), 'copy' of `copy_rows`, or 'random' N(0, std²)."
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] < 1:
+        raise ValueError(f"weight must be a 2-D embedding matrix [rows, d], got {getattr(weight, 'shape', type(weight).__name__)}")
+    if init not in PAUSE_INITS:
+        raise ValueError(f"init must be one of {PAUSE_INITS}, got {init!r}")
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 <= noise < float("inf"):
+        raise ValueError(f"noise must be a finite number >= 0 (a multiple of the rows' per-feature std), got {noise!r}")
+    old = weight.detach().float()
+    z = torch.randn(n, weight.shape[1], generator=generator).to(old.device)
+    if init == "mean":
+        out = old.mean(0) + noise * old.std(0) * z if weight.shape[0] > 1 else old.mean(0) + 0 * z
+    elif init == "random":
+        out = std * z
+    else:
+        if copy_rows is None or len(copy_rows) != n:
+            raise ValueError(f"init='copy' needs copy_rows: {n} row ids to copy (one per new row), got {copy_rows!r}")
+        ids = [int(r) for r in copy_rows]
+        if min(ids) < 0 or max(ids) >= weight.shape[0]:
+            raise ValueError(f"copy_rows must lie in [0, {weight.shape[0]}), got {ids}")
+        out = old[ids].clone()
+    return out.to(weight.dtype)
 
 
 class PauseLM(nn.Module):
     "Wrap a `transformers` causal LM + tokenizer: adds `<pause_1..k>` and `<dont_know>`, passes `position_ids`, returns `[B, T, W, V+1]` step logits."
 
     def __init__(self, model: nn.Module, tokenizer, n_pauses: int, pause_token: str = PAUSE_TOKEN,
-                 dont_know_token: str = DONT_KNOW_TOKEN, vocab_size: int | None = None):
+                 dont_know_token: str = DONT_KNOW_TOKEN, vocab_size: int | None = None, init: str = "mean", copy_rows=None,
+                 noise: float = 1.0, seed: int | None = None):
         super().__init__()
         if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
             raise TypeError(f"model must be a transformers causal LM (nn.Module with get_input_embeddings), got {type(model).__name__}")
@@ -380,9 +402,17 @@ class PauseLM(nn.Module):
         n_rows = model.get_input_embeddings().weight.shape[0]
         if n_rows < vocab_size:
             raise ValueError(f"model has {n_rows} embedding rows but the tokenizer has {vocab_size} tokens; they do not belong together")
-        if max(ids) >= n_rows:
+        if max(ids) >= n_rows:  # rows the model lacks are added and initialised by `init` (pauses) and 'mean' (δ)
             model.resize_token_embeddings(max(ids) + 1)
-            _init_new_rows(model.get_input_embeddings().weight, [i for i in ids if i >= n_rows], n_rows)
+            emb = model.get_input_embeddings().weight
+            g = torch.Generator().manual_seed(seed) if seed is not None else None
+            added = [i for i in ids if i >= n_rows]
+            added_pauses = [i for i in ids[:-1] if i >= n_rows]
+            with torch.no_grad():
+                if added_pauses:
+                    emb[added_pauses] = new_rows(emb[:vocab_size], len(added_pauses), init, copy_rows, noise, generator=g)
+                if ids[-1] in added:
+                    emb[ids[-1:]] = new_rows(emb[:vocab_size], 1, "mean", None, noise, generator=g)
         self.lm, self.tokenizer = model, tokenizer
         self.pause_token, self.dont_know_token = pause_token, dont_know_token
         self.pause_vocab = PauseVocab(vocab_size=vocab_size, n_pauses=n_pauses, pause_ids=tuple(ids[:-1]))
@@ -492,3 +522,59 @@ def tiny_hf_lm(kind: str = "gpt2", words: list[str] | None = None, d_model: int 
                           bos_token_id=0, eos_token_id=0, pad_token_id=1)
         return LlamaForCausalLM(cfg), tok
     raise ValueError(f"kind must be 'gpt2' or 'llama', got {kind!r}")
+
+# %% ../nbs/05_models.ipynb #3db8b916
+def _tinygpt_pause_vocab(model: TinyGPT) -> PauseVocab:
+    "A TinyGPT's `PauseVocab`: its `pause_vocab` attribute, else derived from its config (pause rows after the real ones)."
+    pv = getattr(model, "pause_vocab", None)
+    if isinstance(pv, PauseVocab):
+        return pv
+    V = model.config.n_outputs - 1
+    return PauseVocab(vocab_size=V, n_pauses=model.config.vocab_size - V)
+
+
+def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", copy_rows=None, noise: float = 0.1,
+                     seed: int = 0, tokenizer=None) -> nn.Module:
+    "A pause model grown from a trained no-pause `base` (TinyGPT, or a `transformers` causal LM + `tokenizer` → `PauseLM`); `base` is untouched."
+    import copy
+    if not isinstance(n_pauses, int) or isinstance(n_pauses, bool) or n_pauses < 0:
+        raise ValueError(f"n_pauses must be an int >= 0 (W_max - 1), got {n_pauses!r}")
+    if isinstance(base, PauseLM):
+        raise ValueError(f"base is already a PauseLM with {base.pause_vocab.n_pauses} pauses; grow takes the no-pause model (base.lm)")
+    g = torch.Generator().manual_seed(int(seed))
+    if isinstance(base, TinyGPT):
+        pv = _tinygpt_pause_vocab(base)
+        if pv.n_pauses:
+            raise ValueError(f"base already has {pv.n_pauses} pause rows (vocab_size={base.config.vocab_size} inputs for "
+                             f"{pv.vocab_size} real tokens); grow takes a no-pause model such as `pretrained_base()`")
+        if tokenizer is not None:
+            raise TypeError("tokenizer is only for transformers models; a TinyGPT's vocabulary is its config")
+        model = copy.deepcopy(base)
+        if n_pauses:
+            E = base.tok_emb.weight
+            rows = new_rows(E, n_pauses, init, copy_rows, noise, generator=g)
+            model.tok_emb = nn.Embedding(pv.vocab_size + n_pauses, E.shape[1], device=E.device, dtype=E.dtype)
+            with torch.no_grad():
+                model.tok_emb.weight.copy_(torch.cat([E.detach(), rows.to(E.device)]))
+            model.config = copy.deepcopy(base.config)
+            model.config.vocab_size = pv.vocab_size + n_pauses
+        model.pause_vocab = PauseVocab(vocab_size=pv.vocab_size, n_pauses=n_pauses)
+        return model
+    if hasattr(base, "get_input_embeddings") and accepts_position_ids(base):
+        if tokenizer is None:
+            raise TypeError("growing a transformers model needs its tokenizer: grow_pause_model(model, n_pauses, tokenizer=tok)")
+        return PauseLM(copy.deepcopy(base), copy.deepcopy(tokenizer), n_pauses, init=init, copy_rows=copy_rows, noise=noise,
+                       seed=int(seed))
+    raise TypeError(f"base must be a TinyGPT or a transformers causal LM (with get_input_embeddings and position_ids), "
+                    f"got {type(base).__name__}")
+
+
+def rare_token_ids(ids: torch.Tensor, vocab_size: int, k: int) -> list:
+    "The `k` real-token ids used least often in `ids` (ties: lowest id first) — stand-ins for the 'unused rows' the paper reuses."
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point():
+        raise TypeError(f"ids must be an integer tensor of token ids, got {getattr(ids, 'dtype', type(ids).__name__)}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= vocab_size:
+        raise ValueError(f"k must be an int in [0, vocab_size={vocab_size}], got {k!r}")
+    counts = torch.bincount(ids.flatten().clamp(0, vocab_size - 1), minlength=vocab_size)[:vocab_size]
+    order = sorted(range(vocab_size), key=lambda i: (int(counts[i]), i))
+    return order[:k]

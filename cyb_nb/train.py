@@ -22,10 +22,11 @@ from .models import TinyGPT, TinyGPTConfig, forward_steps
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'Splits', 'as_splits', 'BatchSampler', 'as_loss_config', 'pauses_for',
-           'make_model', 'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint',
-           'model_from_checkpoint', 'History', 'cosine_schedule', 'make_optimizer', 'train', 'TokenDataset',
-           'cyb_trainer_class']
+__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'BASE_FORMAT', 'Splits', 'as_splits', 'BatchSampler', 'as_loss_config',
+           'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint',
+           'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule', 'make_optimizer', 'train',
+           'TokenDataset', 'cyb_trainer_class', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key',
+           'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -569,3 +570,133 @@ def __getattr__(name):
     if name == "CYBTrainer":
         return cyb_trainer_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# %% ../nbs/07_train.ipynb #7bb27443
+BASE_FORMAT = 1  # bump when pretraining changes meaning, so that old cache entries are never reused
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    "How the shared no-pause (CE) base is pretrained: model size, data split and optimisation; its hash keys the cache."
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    seq_len: int = 64
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    seed: int = 0
+    train_split: str = "pretrain"  # the half of the text the base is trained on ('train' = all of it)
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "n_heads", "seq_len", "steps", "batch_size"):
+            _check_int(getattr(self, name), name, 2 if name == "seq_len" else 1)
+        _check_int(self.warmup, "warmup", 0)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.train_split not in ("train", "pretrain", "finetune"):
+            raise ValueError(f"train_split must be 'train', 'pretrain' or 'finetune', got {self.train_split!r}")
+
+    @property
+    def size(self) -> dict:
+        "The `TinyGPTConfig` fields of the base's size."
+        return dict(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads)
+
+
+def base_cache_dir(cache_dir=None) -> Path:
+    "Where pretrained bases are cached: `cache_dir`, else `$CYB_NB_CACHE`, else `$XDG_CACHE_HOME/cyb_nb` (default `~/.cache/cyb_nb`)."
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("CYB_NB_CACHE"):
+        return Path(os.environ["CYB_NB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cyb_nb"
+
+
+def data_fingerprint(data) -> str:
+    "A short hash of a data set's train and val token rows and vocabulary size (what a base was trained and scored on)."
+    import hashlib
+    sp = as_splits(data)
+    h = hashlib.sha256(f"{sp.vocab_size}:{tuple(sp.train.shape)}:{tuple(sp.val.shape)}".encode())
+    h.update(sp.train.to(torch.int64).contiguous().numpy().tobytes())
+    h.update(sp.val.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def base_key(config: BaseConfig, data) -> str:
+    "The cache key of a base: a hash of its `BaseConfig`, the data's fingerprint and `BASE_FORMAT`."
+    import hashlib
+    if not isinstance(config, BaseConfig):
+        raise TypeError(f"config must be a BaseConfig, got {type(config).__name__}")
+    text = json.dumps({"config": asdict(config), "data": data_fingerprint(data), "format": BASE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_data(config: BaseConfig):
+    "The bundled text as the base of `config` is trained on it (its `train_split`, rows of `seq_len`)."
+    from cyb_nb.data import load_data
+    return load_data("text", seq_len=config.seq_len, train_split=config.train_split)
+
+
+def pretrain_base(config: BaseConfig | None = None, data=None, progress: bool = True, device=None) -> TinyGPT:
+    "Pretrain a no-pause `TinyGPT` with cross-entropy as `config` says (on `data`, default the bundled text); `model.base_info` describes it."
+    config = config or BaseConfig()
+    data = base_data(config) if data is None else data
+    model = make_model(data, "ce", n_pauses=0, size=config.size, seed=config.seed)
+    t0 = time.perf_counter()
+    train(model, data, "ce", steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
+          weight_decay=config.weight_decay, min_lr_ratio=config.min_lr_ratio, eval_every=config.steps, eval_batches=1,
+          seed=config.seed, device=device, progress=progress, desc="pretrain base (CE)")
+    model.cpu()
+    ev = evaluate(model, data, "ce", batch_size=64)
+    model.base_info = {"key": base_key(config, data), "config": asdict(config), "data": data_fingerprint(data),
+                       "format": BASE_FORMAT, "val_nll": ev["nll"], "val_ppl": ev["ppl"], "seconds": time.perf_counter() - t0}
+    return model
+
+
+def save_base(path, model: TinyGPT) -> Path:
+    "Write a pretrained base (with its `base_info`) atomically as a cyb_nb checkpoint."
+    info = getattr(model, "base_info", None)
+    if not isinstance(info, dict) or "key" not in info:
+        raise ValueError("model has no base_info; save bases made by pretrain_base")
+    return save_checkpoint(path, model, step=info["config"]["steps"], loss_config="ce", extra={"base": info})
+
+
+def load_base(path, key: str | None = None) -> TinyGPT:
+    "Load a base saved by `save_base`; a missing, corrupt or non-base file (or another `key`) raises an error naming `path`."
+    ck = load_checkpoint(path)
+    info = (ck.get("extra") or {}).get("base")
+    if not isinstance(info, dict) or "key" not in info:
+        raise ValueError(f"{str(path)!r} is a cyb_nb checkpoint but not a pretrained base (no base info); use model_from_checkpoint")
+    if key is not None and info["key"] != key:
+        raise ValueError(f"{str(path)!r} holds the base {info['key']}, expected {key}")
+    model, _ = model_from_checkpoint(ck)
+    if pause_vocab_of(model).n_pauses:
+        raise ValueError(f"{str(path)!r} holds a model with pauses; a base has none")
+    model.base_info = info
+    return model
+
+
+def pretrained_base(config: BaseConfig | None = None, data=None, cache_dir=None, progress: bool = True, device=None,
+                    refresh: bool = False, log: Callable | None = print) -> TinyGPT:
+    "The CE-pretrained base for `config`: the one shipped with the package, else the cached one, else pretrained now and cached."
+    from cyb_nb.data import data_path
+    config = config or BaseConfig()
+    data = base_data(config) if data is None else data
+    key = base_key(config, data)
+    name = f"base-{key}.pt"
+    cache = base_cache_dir(cache_dir) / name
+    for path in ([] if refresh else [data_path() / name, cache]):
+        if path.is_file():
+            try:
+                return load_base(path, key)
+            except ValueError as e:
+                if log:
+                    log(f"ignoring a broken cached base ({e}); pretraining it again")
+    model = pretrain_base(config, data, progress=progress, device=device)
+    save_base(cache, model)
+    if log:
+        log(f"pretrained base {key}: val ppl {model.base_info['val_ppl']:.2f} in {model.base_info['seconds']:.0f} s, cached at {cache}")
+    return model
