@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .losses import LossConfig
-from .models import TinyGPT, TinyGPTConfig, forward_steps
+from .models import TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
@@ -26,7 +26,7 @@ __all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'BASE_FORMAT', 'Splits', 'as_spli
            'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint',
            'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule', 'make_optimizer', 'train',
            'TokenDataset', 'cyb_trainer_class', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key',
-           'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base']
+           'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -700,3 +700,36 @@ def pretrained_base(config: BaseConfig | None = None, data=None, cache_dir=None,
     if log:
         log(f"pretrained base {key}: val ppl {model.base_info['val_ppl']:.2f} in {model.base_info['seconds']:.0f} s, cached at {cache}")
     return model
+
+# %% ../nbs/07_train.ipynb #7dc19ebc
+@dataclass(frozen=True)
+class FinetuneConfig:
+    "How a grown base is fine-tuned (the same for every recipe): optimisation and the init of the new pause rows."
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 60
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+    pause_init: str = "mean"  # see cyb_nb.models.new_rows: 'mean', 'copy' (with copy_rows) or 'random'
+    init_noise: float = 0.1  # 'mean' init: noise as a multiple of the real rows' per-feature std
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            _check_int(getattr(self, name), name)
+        _check_int(self.warmup, "warmup", 0)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+
+def finetune(base: nn.Module, data, loss_config="ap", config: FinetuneConfig | None = None, n_pauses: int | None = None,
+             seed: int = 0, copy_rows=None, **train_kwargs) -> tuple:
+    "Grow `base` with the pauses `loss_config` implies (or `n_pauses`) and fine-tune it on `data`; return `(model, history)`."
+    config = config or FinetuneConfig()
+    cfg = as_loss_config(loss_config)
+    k = pauses_for(cfg) if n_pauses is None else n_pauses
+    model = grow_pause_model(base, k, init=config.pause_init, copy_rows=copy_rows, noise=config.init_noise, seed=seed)
+    kw = dict(steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
+              weight_decay=config.weight_decay, min_lr_ratio=config.min_lr_ratio, seed=seed)
+    kw.update(train_kwargs)
+    return model, train(model, data, cfg, **kw)
