@@ -3,6 +3,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# bases pretrained by tests go to a throw-away cache, never to ~/.cache/cyb_nb
+import tempfile
+os.environ.setdefault("CYB_NB_CACHE", tempfile.mkdtemp(prefix="cyb_nb_test_cache_"))
 
 import pytest
 

@@ -81,17 +81,52 @@ def test_train_then_eval_end_to_end(tmp_path):
 
 
 def test_quick_demo_writes_outputs(tmp_path, capsys):
-    res = None
     from cyb_nb.cli import run_demo
     res = run_demo(tmp_path, steps=2, quick=True, progress=False, task="modsum")
-    assert [r["loss"] for r in res] == ["ce", "tbys", "ap"]
-    assert [r["mean_pauses"] for r in res][:2] == [0.0, 3.0]
+    assert [r["loss"] for r in res] == ["base", "ce", "tbys", "ap"]
+    assert [r["mean_pauses"] for r in res][:3] == [0.0, 0.0, 3.0]
+    assert [r["positions_per_token"] for r in res] == [1, 1, 4, 4]
     printed = capsys.readouterr().out
-    assert "CYB-AP" in printed and "bits/tok" in printed
+    assert "CYB-AP" in printed and "bits/tok" in printed and "vs CE" in printed and "regime: finetune" in printed
     for f in ("results.json", "curves.png", "pauses.png"):
         assert (tmp_path / f).stat().st_size > 0
     j = json.loads((tmp_path / "results.json").read_text())
-    assert len(j["results"]) == 3
+    assert len(j["results"]) == 4 and j["config"]["regime"] == "finetune"
+
+
+def test_demo_recipes_start_from_one_base(tmp_path):
+    "Every fine-tuned recipe starts from the base's weights: before any step, CE continued reproduces the base's validation NLL."
+    from cyb_nb.cli import run_demo
+    res = run_demo(tmp_path, steps=1, quick=True, progress=False, task="modsum")
+    base, ce = res[0], res[1]
+    assert abs(ce["nll"] - base["nll"]) < 0.2  # one small step away from the base, not a fresh model (ln V away)
+    fresh = run_demo(tmp_path / "scratch", steps=1, quick=True, progress=False, task="modsum", regime="scratch")
+    assert abs(fresh[0]["nll"] - base["nll"]) > abs(ce["nll"] - base["nll"])
+
+
+def test_demo_and_pretrain_refuse_bad_corpus(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\x00\x01\x02")
+    for argv in (["demo", "--corpus", str(empty)], ["pretrain", "--corpus", str(binary)], ["demo", "--corpus", str(tmp_path / "nope")],
+                 ["demo", "--task", "modsum", "--corpus", str(empty)]):
+        assert exit_code(argv) == 2
+        err = capsys.readouterr().err
+        assert "--corpus" in err, err
+
+
+def test_pretrain_caches_and_writes(tmp_path, capsys):
+    args = ["pretrain", "--steps", "3", "--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "16", "--batch-size", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "base.pt")]
+    assert exit_code(args) == 0
+    first = capsys.readouterr().out
+    assert "pretrained base" in first and "base.pt" in first
+    assert len(list((tmp_path / "cache").glob("base-*.pt"))) == 1
+    assert exit_code(args) == 0  # the second call reuses the cache: no pretraining message
+    assert "pretrained base" not in capsys.readouterr().out
+    from cyb_nb.train import load_base
+    assert load_base(tmp_path / "base.pt").base_info["config"]["steps"] == 3
 
 
 def test_parser_defaults():
