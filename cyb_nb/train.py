@@ -22,11 +22,12 @@ from .models import TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'BASE_FORMAT', 'Splits', 'as_splits', 'BatchSampler', 'as_loss_config',
-           'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint',
-           'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule', 'make_optimizer', 'train',
-           'TokenDataset', 'cyb_trainer_class', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key',
-           'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
+__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'Splits', 'as_splits',
+           'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device', 'evaluate',
+           'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule',
+           'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
+           'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
+           'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -514,17 +515,55 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
     return history
 
 # %% ../nbs/07_train.ipynb #5eba35e0
-class TokenDataset(torch.utils.data.Dataset):
-    "A dataset of real-token sequences: item i is `{'input_ids': ids[i]}`."
+from .stream import next_token_targets
 
-    def __init__(self, ids: torch.Tensor):
+
+def _check_token_mask(token_mask, ids: torch.Tensor) -> torch.Tensor:
+    "Check that `token_mask` is a right-padding mask for `ids`: shape [N, T], 0/1 or bool, each row ones then zeros."
+    if not isinstance(token_mask, torch.Tensor):
+        raise TypeError(f"token_mask must be a bool or 0/1 tensor of shape {tuple(ids.shape)}, got {type(token_mask).__name__}")
+    if token_mask.shape != ids.shape:
+        raise ValueError(f"token_mask must have the shape of ids {tuple(ids.shape)}, got {tuple(token_mask.shape)}")
+    if token_mask.is_floating_point() or not bool(((token_mask == 0) | (token_mask == 1)).all()):
+        raise ValueError(f"token_mask must hold only 0/1 (or False/True), got dtype {token_mask.dtype}")
+    m = token_mask.bool()
+    if bool((m[:, 1:] & ~m[:, :-1]).any()):
+        raise ValueError("token_mask must be right padding (each row: real tokens first, then padding); left or inner "
+                         "padding would let real tokens attend to padding")
+    return m
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    "Real-token sequences `ids [N, T]` (optionally right-padded, `token_mask`) as items `{'input_ids', 'labels'}` for `CYBTrainer`."
+
+    def __init__(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None):
         self.ids = _check_seqs(ids, "ids")
+        mask = None if token_mask is None else _check_token_mask(token_mask, self.ids)
+        self.labels = next_token_targets(self.ids, mask)  # real-token view: label t = token t+1, IGNORE_INDEX on padding
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
     def __getitem__(self, i) -> dict:
-        return {"input_ids": self.ids[i]}
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def _summed_loss(loss_config: LossConfig, step_logits: torch.Tensor, targets: torch.Tensor, step_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "The loss summed over the real tokens with a target, and their number: `(Σ_t ℓ_t, n)`; `(0, 0)` (kept in the graph) when there are none."
+    n = (targets != IGNORE_INDEX).sum()
+    if int(n) == 0:  # a micro-batch of padding only: contributes nothing, but every rank must still run backward
+        return step_logits.sum() * 0.0, n
+    return loss_config(step_logits.float(), targets, step_mask=step_mask) * n, n
+
+
+def _untied_state_dict(state_dict: dict) -> dict:
+    "`state_dict` with every tensor that shares storage with an earlier entry (tied weights) replaced by a copy."
+    seen, out = set(), {}
+    for k, v in state_dict.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 _CYB_TRAINER = None
@@ -538,26 +577,52 @@ def cyb_trainer_class() -> type:
     from transformers import Trainer
 
     class CYBTrainer(Trainer):
-        "A `transformers.Trainer` whose loss is a CYB/TBYS/CE `LossConfig` on the pause stream built from real-token `input_ids`."
+        "A `transformers.Trainer` whose loss is a CYB/TBYS/CE `LossConfig` on the pause stream built from real-token `input_ids`; the global loss is the mean over every real token of the accumulated, all-rank batch."
 
         def __init__(self, *args, loss_config="ap", pause_vocab: PauseVocab | None = None, **kwargs):
             self.loss_config = as_loss_config(loss_config)
             super().__init__(*args, **kwargs)
             self.pause_vocab = pause_vocab or pause_vocab_of(self.model)
+            if self.args.label_names is None:
+                self.label_names = ["labels"]  # keeps TokenDataset's `labels` column and makes the Trainer count them
+            # Our loss normalises by `num_items_in_batch` (the real targets of the whole accumulated batch, summed over
+            # ranks); this flag makes the Trainer count them and not divide the loss again by the accumulation steps.
+            self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            "Expand `inputs['input_ids']` with pauses, run the model on the stream and return the loss (mean over real tokens)."
-            step_logits, stream = forward_steps(model, inputs["input_ids"], self.pause_vocab)
-            loss = self.loss_config(step_logits.float(), stream.targets, step_mask=stream.step_mask)
+            "The loss of this micro-batch: its share Σ_t ℓ_t / N of the mean over the N real tokens of the global batch (see the contract above)."
+            ids = inputs["input_ids"]
+            step_logits, stream = forward_steps(model, ids, self.pause_vocab)
+            targets = inputs.get("labels")
+            targets = stream.targets if targets is None else targets
+            if targets.shape != ids.shape:
+                raise ValueError(f"labels must be next-token targets in the real-token view, shape {tuple(ids.shape)}, "
+                                 f"got {tuple(targets.shape)}")
+            total, n = _summed_loss(self.loss_config, step_logits, targets, stream.step_mask)
+            if num_items_in_batch is None:  # no labels to count: a per-micro-batch mean (exact only for equal counts)
+                loss = total / n.clamp(min=1)
+            else:
+                n_global = num_items_in_batch.flatten()[0] if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+                loss = total / n_global
+                if getattr(self.args, "average_tokens_across_devices", False):
+                    loss = loss * self.accelerator.num_processes  # N counts every rank, and DDP/FSDP/DeepSpeed average over ranks
             return (loss, {"step_logits": step_logits}) if return_outputs else loss
+
+        def _save(self, output_dir=None, state_dict=None):
+            "Save as the Trainer does; tied weights of a model that is not a `PreTrainedModel` (PauseLM's GPT-2) are stored as copies, since safetensors refuses shared tensors."
+            from transformers import PreTrainedModel
+            if self.args.should_save and not isinstance(self.accelerator.unwrap_model(self.model), PreTrainedModel):
+                state_dict = _untied_state_dict(self.model.state_dict() if state_dict is None else state_dict)
+            return super()._save(output_dir, state_dict)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             "Evaluation step: the mean NLL per real token under the model's own readout rule (see `evaluate`)."
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad():
                 step_logits, stream = forward_steps(model, inputs["input_ids"], self.pause_vocab)
-                nll = self.loss_config.eval_nll(step_logits.float(), stream.targets, step_mask=stream.step_mask)
-                loss = nll[stream.targets != IGNORE_INDEX].mean()
+                targets = inputs.get("labels", stream.targets)
+                nll = self.loss_config.eval_nll(step_logits.float(), targets, step_mask=stream.step_mask)
+                loss = nll[targets != IGNORE_INDEX].mean()
             return loss.detach(), None, None
 
     CYBTrainer.__module__, CYBTrainer.__qualname__ = __name__, "CYBTrainer"
@@ -570,6 +635,45 @@ def __getattr__(name):
     if name == "CYBTrainer":
         return cyb_trainer_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# %% ../nbs/07_train.ipynb #902969f2
+STATE_BYTES_PER_PARAM = 16  # float32 weights 4 + float32 gradients 4 + AdamW first and second moments 8
+SHARDINGS = ("ddp", "zero2", "fsdp")
+
+
+def _check_pos_ints(**kw):
+    "Raise ValueError naming the first argument that is not an int >= 1."
+    for name, v in kw.items():
+        _check_int(v, name)
+
+
+def matmul_params(d_model: int, n_layers: int, n_outputs: int, d_ff: int | None = None) -> int:
+    "Weights every stream position is multiplied by: `n_layers` × (4 d² attention + 2 d d_ff MLP) + the head d × n_outputs."
+    d_ff = 4 * d_model if d_ff is None else d_ff
+    _check_pos_ints(d_model=d_model, n_layers=n_layers, n_outputs=n_outputs, d_ff=d_ff)
+    return n_layers * (4 * d_model * d_model + 2 * d_model * d_ff) + d_model * n_outputs
+
+
+def train_flops(batch: int, positions: int, d_model: int, n_layers: int, n_outputs: int, d_ff: int | None = None) -> float:
+    "Model FLOPs of one training step on `batch` rows of `positions` stream positions: 6 P N_mm + 12 n_layers d P L (PaLM's count)."
+    _check_pos_ints(batch=batch, positions=positions)
+    P = batch * positions
+    return 6.0 * P * matmul_params(d_model, n_layers, n_outputs, d_ff) + 12.0 * n_layers * d_model * P * positions
+
+
+def train_memory(n_params: int, batch: int, positions: int, d_model: int, n_layers: int, n_outputs: int,
+                 world_size: int = 1, sharding: str = "ddp") -> dict:
+    "Estimated bytes per GPU of a training step with AdamW and bf16 autocast: model states under `sharding`, activations, logits."
+    _check_pos_ints(n_params=n_params, batch=batch, positions=positions, d_model=d_model, n_layers=n_layers,
+                    n_outputs=n_outputs, world_size=world_size)
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    N, G = n_params, world_size
+    states = {"ddp": STATE_BYTES_PER_PARAM * N, "zero2": 4 * N + (STATE_BYTES_PER_PARAM - 4) * N / G,
+              "fsdp": STATE_BYTES_PER_PARAM * N / G}[sharding]
+    activations = 34 * d_model * n_layers * batch * positions
+    logits = 16 * batch * positions * n_outputs
+    return {"states": states, "activations": activations, "logits": logits, "total": states + activations + logits}
 
 # %% ../nbs/07_train.ipynb #7bb27443
 BASE_FORMAT = 1  # bump when pretraining changes meaning, so that old cache entries are never reused
