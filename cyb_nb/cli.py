@@ -48,12 +48,13 @@ def load_task(task: str, seq_len: int = 64, n: int | None = None, seed: int = 0,
 
 
 def regime_data(task: str = "text", seq_len: int = 64, corpus=None, tokenizer=None, seed: int = 0) -> tuple:
-    "(pretraining data, fine-tuning data) of the paper's regime: the two halves of the text's training blocks; a task's rows split in two."
-    if task == "text":
-        return tuple(load_task(task, seq_len, corpus=corpus, tokenizer=tokenizer, train_split=s) for s in ("pretrain", "finetune"))
-    data = load_task(task, seq_len, seed=seed, corpus=corpus, tokenizer=tokenizer)
-    half = lambda x, i: None if x is None else x[i::2]
-    return tuple(dataclasses.replace(data, train=data.train[i::2], difficulty_train=half(data.difficulty_train, i)) for i in (0, 1))
+    "(pretraining data, fine-tuning data) of the paper's regime for `task` (see `cyb_nb.data.regime_splits`); task names checked."
+    from cyb_nb.data import regime_splits
+    if task not in task_names():
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
+    if task != "text" and (corpus is not None or tokenizer is not None):
+        raise ValueError(f"--corpus/--tokenizer apply to --task text only, got --task {task}")
+    return regime_splits(task, seq_len, corpus=corpus, tokenizer=tokenizer, seed=seed)
 
 # %% ../nbs/15_cli.ipynb #23f80df4
 DEMO_RECIPES = (("CE (continued)", "ce"), ("TBYS (3 pauses)", "tbys"), ("CYB-AP (3 pauses)", "ap"))

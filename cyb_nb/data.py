@@ -9,7 +9,7 @@ import gzip
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,7 +24,7 @@ __all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DOC_SEPAR
            'DATA_NAMES', 'TaskData', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty', 'mean_by_difficulty',
            'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'data_path', 'load_tokenizer',
            'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack', 'load_text',
-           'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data']
+           'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data', 'regime_splits']
 
 # %% ../nbs/06_data.ipynb #c9217715
 RANDOM = -1  # label: the next token was freshly sampled, unpredictable by anyone
@@ -623,3 +623,13 @@ def load_data(name: str = "text", seq_len: int = 64, n_train: int | None = None,
     td = make_task(name, n_train + n_val, seq_len, seed, **task_kwargs)
     return DataBundle(td.ids[:n_train], td.ids[n_train:], td.vocab_size, td.decode, td.difficulty[n_train:], name,
                       td.itos, None, td.difficulty[:n_train])
+
+# %% ../nbs/06_data.ipynb #1a281835
+def regime_splits(name: str = "text", seq_len: int = 64, corpus=None, tokenizer=None, seed: int = 0, **task_kwargs) -> tuple:
+    "(pretraining data, fine-tuning data) for the paper's regime: the text's 'pretrain'/'finetune' halves, or a task's rows split in two."
+    if name == "text":
+        return tuple(load_data("text", seq_len=seq_len, corpus=corpus, tokenizer=tokenizer, train_split=s, **task_kwargs)
+                     for s in ("pretrain", "finetune"))
+    data = load_data(name, seq_len=seq_len, seed=seed, corpus=corpus, tokenizer=tokenizer, **task_kwargs)
+    half = lambda x, i: None if x is None else x[i::2]
+    return tuple(replace(data, train=data.train[i::2], difficulty_train=half(data.difficulty_train, i)) for i in (0, 1))

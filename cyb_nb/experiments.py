@@ -18,22 +18,23 @@ from typing import Callable
 
 import torch
 
-from .data import load_data
+from .data import load_data, regime_splits
 from .decode import (calibration, expected_latency_histogram, latency_histogram, pause_stats_by_token, pause_table,
                            token_stats)
-from .losses import LossConfig
-from .models import forward_steps
-from .stream import IGNORE_INDEX
-from .train import Splits, as_splits, make_model, pause_vocab_of, train
+from .losses import LossConfig, head_log_probs
+from .models import forward_steps, grow_pause_model
+from .stream import IGNORE_INDEX, PauseVocab
+from .train import BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
 
 # %% auto #0
-__all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'PRESETS',
-           'RUN_SET_FIELDS', 'PATTERNS', 'FIG6_COLUMNS', 'PATTERN_COLUMNS', 'CLAIM_COLUMNS', 'SWEEP_COLUMNS',
+__all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'STARTS',
+           'PRESETS', 'RUN_SET_FIELDS', 'PATTERNS', 'FIG6_COLUMNS', 'PATTERN_COLUMNS', 'CLAIM_COLUMNS', 'SWEEP_COLUMNS',
            'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'Setting', 'ExperimentConfig', 'parse_regime', 'preset',
-           'RunSpec', 'budget_tag', 'experiment_data', 'budget_rows', 'val_token_stats', 'summarise_run', 'run_one',
-           'experiment_specs', 'same_training', 'run_experiment', 'spread', 'runs_of', 'fig6_rows', 'claims',
-           'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table', 'pattern_checks',
-           'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots']
+           'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
+           'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
+           'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
+           'pattern_checks', 'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report',
+           'save_plots']
 
 # %% ../nbs/10_experiments.ipynb #da1fe49f
 @dataclass
@@ -84,10 +85,17 @@ DIFFICULTY_SETTINGS = ("ce", "tbys3", "ap")
 PAPER_CALIBRATION = (0.383, 0.157, 0.271)  # Fig. 10: Spearman(d_i, t_{i+1} - t_i) at steps 0, 1, 2 for the chosen CYB-AP
 
 # %% ../nbs/10_experiments.ipynb #e8071165
+STARTS = ("base", "scratch")
+
+
 @dataclass
 class ExperimentConfig:
     "Model, data and optimisation settings shared by every run of an experiment (see `PRESETS`)."
-    size: str | dict = "tiny"  # a TinyGPT size name of cyb_nb.train.MODEL_SIZES or a dict of TinyGPTConfig fields
+    start: str = "base"  # 'base': grow and fine-tune the pretrained base (the paper's regime); 'scratch': random weights
+    base: dict = field(default_factory=lambda: asdict(BaseConfig()))  # BaseConfig fields of the base ('base' start)
+    pause_init: str = "mean"  # init of the grown pause rows ('base' start), see cyb_nb.models.new_rows
+    init_noise: float = 0.1
+    size: str | dict = "tiny"  # model size when starting from scratch (a MODEL_SIZES name or TinyGPTConfig fields)
     seq_len: int = 64  # real tokens per training row
     batch_size: int = 8
     lr: float = 3e-3
@@ -114,6 +122,9 @@ class ExperimentConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "seq_len" else 1):
                 raise ValueError(f"{name} must be an int >= {2 if name == 'seq_len' else 1}, got {v!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        self.base = asdict(BaseConfig(**self.base)) if isinstance(self.base, dict) else asdict(self.base)  # validates it
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         self.seeds, self.sweep_seeds, self.regimes = tuple(self.seeds), tuple(self.sweep_seeds), tuple(self.regimes)
@@ -134,16 +145,20 @@ def parse_regime(regime: str, max_multiple: int | None = None) -> tuple:
     return epochs, multiple
 
 
+_TINY_BASE = asdict(BaseConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, steps=30, batch_size=8, warmup=3))
+
 PRESETS = {
     # seconds on a CPU: exercises every code path (used by the notebook under nbdev_test and by the tests)
-    "test": ExperimentConfig(size=dict(d_model=32, n_layers=1, n_heads=2), seq_len=32, batch_size=8, warmup=2, n_train=96, n_val=16,
-                             seeds=(0, 1), sweep_seeds=(0,), difficulty_rows=64, difficulty_steps=6, difficulty_batch_size=8,
-                             eval_batch_size=16,
-                             min_count=2, top_k=3),
-    # about 50 minutes on 2 CPU cores (`--jobs 2`): the configuration measured for this chapter
-    "cpu": ExperimentConfig(),
-    # for a lent GPU: a 4-layer d=128 model, five seeds
-    "gpu": ExperimentConfig(size="small", seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), difficulty_steps=1500),
+    "test": ExperimentConfig(base=_TINY_BASE, size=dict(d_model=32, n_layers=1, n_heads=2), seq_len=32, batch_size=8, warmup=2,
+                             n_train=96, n_val=16, seeds=(0, 1), sweep_seeds=(0,), difficulty_rows=64, difficulty_steps=6,
+                             difficulty_batch_size=8, eval_batch_size=16, min_count=2, top_k=3),
+    # the paper's regime on 2 CPU cores: the shipped base, grown and fine-tuned on the 'finetune' half (chapter 07)
+    "cpu": ExperimentConfig(lr=1e-3, warmup=10, batch_size=4),
+    # the earlier from-scratch contrast (benchmarks/data_efficiency.json): the same recipes from random weights on all the text
+    "cpu_scratch": ExperimentConfig(start="scratch"),
+    # for a lent GPU: a 4-layer d=128 base pretrained for longer, five seeds
+    "gpu": ExperimentConfig(base=asdict(BaseConfig(d_model=128, n_layers=4, steps=6000)), lr=1e-3, warmup=10, batch_size=4,
+                            seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), difficulty_steps=1500),
 }
 
 
@@ -180,16 +195,36 @@ def budget_tag(regime: str = "1x1", steps: int | None = None, batch_size: int | 
 _DATA_CACHE: dict = {}
 
 
+def _task_rows(cfg: ExperimentConfig) -> dict:
+    "load_data options of the synthetic task: `difficulty_rows` training rows (for each half, when starting from a base)."
+    n_val = cfg.n_val or max(cfg.eval_batch_size, cfg.difficulty_rows // 8)
+    return dict(n_train=cfg.difficulty_rows * (2 if cfg.start == "base" else 1), n_val=n_val)
+
+
 def experiment_data(cfg: ExperimentConfig, name: str = "text"):
-    "The `DataBundle` a run of `cfg` uses: the bundled text (`n_train`/`n_val` rows) or the difficulty-labelled task (cached per process)."
+    "The `DataBundle` a run of `cfg` trains on: the text (its 'finetune' half from a base) or the difficulty task (cached per process)."
     key = (name, json.dumps(asdict(cfg), sort_keys=True, default=str))
     if key not in _DATA_CACHE:
         if name == "text":
-            _DATA_CACHE[key] = load_data("text", seq_len=cfg.seq_len, n_train=cfg.n_train, n_val=cfg.n_val)
+            split = "finetune" if cfg.start == "base" else "train"
+            _DATA_CACHE[key] = load_data("text", seq_len=cfg.seq_len, n_train=cfg.n_train, n_val=cfg.n_val, train_split=split)
+        elif cfg.start == "base":
+            _DATA_CACHE[key] = regime_splits(name, seq_len=cfg.seq_len, **_task_rows(cfg))[1]
         else:
-            n_val = cfg.n_val or max(cfg.eval_batch_size, cfg.difficulty_rows // 8)
-            _DATA_CACHE[key] = load_data(name, seq_len=cfg.seq_len, n_train=cfg.difficulty_rows, n_val=n_val, seed=0)
+            _DATA_CACHE[key] = load_data(name, seq_len=cfg.seq_len, seed=0, **_task_rows(cfg))
     return _DATA_CACHE[key]
+
+
+_BASE_CACHE: dict = {}
+
+
+def experiment_base(cfg: ExperimentConfig, name: str = "text"):
+    "The pretrained no-pause base every run of `cfg` on `name` grows from: `pretrained_base(cfg.base)` for text, a task base otherwise."
+    key = (name, json.dumps(cfg.base, sort_keys=True), cfg.seq_len, json.dumps(_task_rows(cfg), sort_keys=True))
+    if key not in _BASE_CACHE:
+        data = None if name == "text" else regime_splits(name, seq_len=cfg.seq_len, **_task_rows(cfg))[0]
+        _BASE_CACHE[key] = pretrained_base(BaseConfig(**cfg.base), data=data, progress=False, log=None)
+    return _BASE_CACHE[key]
 
 
 def budget_rows(train_ids: torch.Tensor, regime: str, cfg: ExperimentConfig) -> tuple:
@@ -258,7 +293,7 @@ def summarise_run(stats: dict, setting: Setting, ids: torch.Tensor, difficulty: 
 
 # %% ../nbs/10_experiments.ipynb #133834c8
 def run_one(spec: RunSpec, cfg: ExperimentConfig, device=None) -> dict:
-    "Train one model from scratch as `spec` says and return `summarise_run`'s numbers plus the budget and the wall time."
+    "Train one model as `spec` says (grown from the base, or from scratch) and return `summarise_run`'s numbers, the budget and the time."
     if spec.setting not in SETTINGS:
         raise ValueError(f"spec.setting must be a key of SETTINGS ({sorted(SETTINGS)}), got {spec.setting!r}")
     setting = SETTINGS[spec.setting]
@@ -270,7 +305,11 @@ def run_one(spec: RunSpec, cfg: ExperimentConfig, device=None) -> dict:
     else:
         rows, steps = sp.train, int(spec.steps)
     sub = Splits(rows, sp.val, sp.vocab_size, sp.val_difficulty, sp.tokenizer, sp.name)
-    model = make_model(sub, setting.loss, n_pauses=setting.n_pauses, size=cfg.size, seed=spec.seed)
+    if cfg.start == "base":
+        model = grow_pause_model(experiment_base(cfg, spec.data), setting.n_pauses, init=cfg.pause_init, noise=cfg.init_noise,
+                                 seed=spec.seed)
+    else:
+        model = make_model(sub, setting.loss, n_pauses=setting.n_pauses, size=cfg.size, seed=spec.seed)
     t0 = time.perf_counter()
     hist = train(model, sub, setting.loss, steps=steps, batch_size=bs, lr=cfg.lr, warmup=min(cfg.warmup, steps),
                  eval_every=steps, eval_batches=1, eval_batch_size=cfg.eval_batch_size, seed=spec.seed, device=device, progress=False)
@@ -281,6 +320,34 @@ def run_one(spec: RunSpec, cfg: ExperimentConfig, device=None) -> dict:
     out.update(spec=asdict(spec), steps=steps, train_rows=int(rows.shape[0]), train_tokens=int(steps * bs * (cfg.seq_len - 1)),
                final_train_loss=float(hist[-1]["loss"]), seconds=seconds)
     return out
+
+# %% ../nbs/10_experiments.ipynb #0ecf3220
+@torch.no_grad()
+def readout_parts(model: torch.nn.Module, ids: torch.Tensor, loss: LossConfig, batch_size: int = 64) -> dict:
+    "Mean NLL per real token of a pause model read out several ways: its own rule, each step alone, the best step (oracle), no pauses at all."
+    pv = pause_vocab_of(model)
+    no_pauses = PauseVocab(pv.vocab_size, 0)
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    sums, n = {}, 0
+    for i in range(0, ids.shape[0], batch_size):
+        x = ids[i:i + batch_size].to(dev)
+        step_logits, stream = forward_steps(model, x, pv)
+        step_logits = step_logits.float()
+        mask = stream.targets != IGNORE_INDEX
+        tgt = stream.targets.masked_fill(~mask, 0)[..., None].expand(step_logits.shape[:-1])
+        _, _, log_t = head_log_probs(step_logits, tgt, dk_prior=loss.dk_prior)
+        plain, s0 = forward_steps(model, x, no_pauses)  # the same weights on the real tokens alone
+        parts = {"own rule": loss.eval_nll(step_logits, stream.targets, step_mask=stream.step_mask),
+                 **{f"step {k} only": -log_t[..., k] for k in range(pv.W_max)},
+                 "best step (oracle)": -log_t.max(-1).values,
+                 "no pauses in the context": LossConfig("ce").eval_nll(plain.float(), s0.targets)}
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v[mask].double().sum())
+        n += int(mask.sum())
+    model.train(was)
+    return {k: v / n for k, v in sums.items()}
 
 # %% ../nbs/10_experiments.ipynb #e2ae659f
 def experiment_specs(cfg: ExperimentConfig, parts=("fig6", "sweep", "difficulty")) -> list:
