@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from cyb_nb.data import DATA_NAMES, load_data
-from cyb_nb.models import SETTINGS_FILE, PauseLM
-from cyb_nb.train import MODEL_SIZES, TokenDataset, cyb_trainer_class, make_model, save_checkpoint
+from cyb_nb.models import SETTINGS_FILE, PauseLM, grow_pause_model
+from cyb_nb.train import MODEL_SIZES, TokenDataset, cyb_trainer_class, load_base, make_model, pretrained_base, save_checkpoint
 
 
 def parse_args(argv=None):
@@ -31,8 +31,11 @@ def parse_args(argv=None):
     ap.add_argument("--seq-len", type=int, default=64, help="real tokens per row (named data only)")
     ap.add_argument("--n-train", type=int, default=None, help="training rows of a synthetic task (named data only)")
     ap.add_argument("--n-val", type=int, default=None, help="validation rows (named data only)")
-    ap.add_argument("--model", default="tinygpt", help="'tinygpt', a directory saved by PauseLM.save_pretrained, or a "
-                    "pretrained causal LM directory (wrapped with PauseLM.from_base)")
+    ap.add_argument("--model", default="tinygpt", help="'tinygpt' (from scratch), 'base' (the package's pretrained CE base, grown "
+                    "with --n-pauses: the paper's regime), a base checkpoint .pt from `cyb-nb pretrain --out`, a directory saved "
+                    "by PauseLM.save_pretrained, or a pretrained causal LM directory (grown with PauseLM.from_base)")
+    ap.add_argument("--train-split", default=None, help="text only: 'train', 'pretrain' or 'finetune' (default: 'finetune' when "
+                    "growing a base, whose pretraining used the other half; else 'train')")
     ap.add_argument("--size", default="small", choices=sorted(MODEL_SIZES), help="TinyGPT size")
     ap.add_argument("--n-pauses", type=int, default=3, help="pauses per real token for a new model (W_max - 1)")
     ap.add_argument("--loss", default="ap", help="ap, va, dp, tbys or ce (ce needs --n-pauses 0)")
@@ -56,6 +59,9 @@ def load_model(args, vocab_size: int | None):
     "TinyGPT for `vocab_size`, or a PauseLM from a saved directory / a pretrained base."
     if args.model == "tinygpt":
         return make_model(vocab_size, args.loss, n_pauses=args.n_pauses, size=args.size, seed=args.seed)
+    if args.model == "base" or args.model.endswith(".pt"):  # the paper's regime: grow a CE-pretrained base
+        base = pretrained_base() if args.model == "base" else load_base(args.model)
+        return grow_pause_model(base, args.n_pauses, seed=args.seed)
     path = Path(args.model)
     if not path.is_dir():
         raise ValueError(f"--model must be 'tinygpt' or a model directory, got {args.model!r}")
@@ -65,7 +71,10 @@ def load_model(args, vocab_size: int | None):
 def load_datasets(args) -> tuple[TokenDataset, TokenDataset, int | None]:
     "(train, val, vocabulary size or None) from a named data set or a .pt file."
     if args.data in DATA_NAMES:
-        d = load_data(args.data, seq_len=args.seq_len, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
+        grows = args.model == "base" or args.model.endswith(".pt")
+        split = args.train_split or ("finetune" if grows else "train")
+        kw = dict(train_split=split) if args.data == "text" else {}
+        d = load_data(args.data, seq_len=args.seq_len, n_train=args.n_train, n_val=args.n_val, seed=args.seed, **kw)
         return TokenDataset(d.train), TokenDataset(d.val), d.vocab_size
     obj = torch.load(args.data, weights_only=True)
     ids, mask = (obj["ids"], obj.get("token_mask")) if isinstance(obj, dict) else (obj, None)

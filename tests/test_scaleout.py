@@ -192,3 +192,18 @@ def test_recipe_script_fine_tunes_a_saved_pause_lm(tmp_path, one_torch_thread):
     with pytest.raises(ValueError, match="token ids >= the model's real vocabulary"):
         torch.save(torch.full((4, 8), 99), tmp_path / "big.pt")
         recipe.main(["--model", str(tmp_path / "base"), "--data", str(tmp_path / "big.pt"), "--out", str(tmp_path / "x"), "--cpu"])
+
+
+def test_recipe_script_grows_a_base_checkpoint(tmp_path, one_torch_thread):
+    "`--model BASE.pt` grows a CE-pretrained base into a pause model and fine-tunes it on the 'finetune' half of the text."
+    from cyb_nb.train import BaseConfig, model_from_checkpoint, pretrained_base, save_base
+    recipe = load_recipe()
+    base = pretrained_base(BaseConfig(d_model=16, n_layers=1, n_heads=2, seq_len=12, steps=2, batch_size=4, warmup=1),
+                           cache_dir=tmp_path / "cache", progress=False, log=None)
+    save_base(tmp_path / "base.pt", base)
+    tr, _ = recipe.main(["--model", str(tmp_path / "base.pt"), "--n-pauses", "2", "--data", "text", "--seq-len", "12",
+                         "--n-train", "32", "--n-val", "8", "--steps", "1", "--batch-size", "4", "--warmup", "0",
+                         "--out", str(tmp_path / "run"), "--cpu"])
+    model, _ = model_from_checkpoint(tmp_path / "run" / "final" / "checkpoint.pt")
+    assert model.pause_vocab.n_pauses == 2
+    assert model.tok_emb.weight.shape[0] == base.tok_emb.weight.shape[0] + 2
