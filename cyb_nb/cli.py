@@ -61,7 +61,7 @@ DEMO_RECIPES = (("CE (continued)", "ce"), ("TBYS (3 pauses)", "tbys"), ("CYB-AP 
 DEMO_LOSSES = {"ce": LossConfig("ce"), "tbys": LossConfig("tbys", W_max=4), "ap": LossConfig("ap", omega=(0, 0, 0, 1))}
 DEMO_FULL = dict(base=BaseConfig(), finetune=FinetuneConfig(), eval_every=100)
 DEMO_QUICK = dict(base=BaseConfig(d_model=32, n_layers=2, n_heads=4, seq_len=32, steps=60, batch_size=8, warmup=6),
-                  finetune=FinetuneConfig(steps=20, batch_size=8, warmup=2), eval_every=10)
+                  finetune=FinetuneConfig(steps=20, batch_size=4, warmup=2), eval_every=10)
 REGIMES = ("finetune", "scratch")
 
 
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
                                     "fine-tuned from it (~4 min on 2 CPU cores)")
     d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots (default: cyb_demo)")
-    d.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per recipe (default: 600, quick: 20)")
+    d.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per recipe (default: 750 = one epoch, quick: 20)")
     d.add_argument("--quick", action="store_true", help="a few-seconds version with a tiny base")
     d.add_argument("--regime", choices=REGIMES, default="finetune",
                    help="finetune (default, the paper's): from one pretrained base; scratch: each recipe from random weights")

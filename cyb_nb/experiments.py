@@ -24,13 +24,13 @@ from .decode import (calibration, expected_latency_histogram, latency_histogram,
 from .losses import LossConfig, head_log_probs
 from .models import forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
-from .train import BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
+from .train import TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
 
 # %% auto #0
 __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'STARTS',
            'PRESETS', 'RUN_SET_FIELDS', 'PATTERNS', 'FIG6_COLUMNS', 'PATTERN_COLUMNS', 'CLAIM_COLUMNS', 'SWEEP_COLUMNS',
-           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'Setting', 'ExperimentConfig', 'parse_regime', 'preset',
-           'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
+           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'Setting', 'ExperimentConfig', 'lr_of', 'parse_regime',
+           'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
            'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
            'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
            'pattern_checks', 'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report',
@@ -98,7 +98,7 @@ class ExperimentConfig:
     size: str | dict = "tiny"  # model size when starting from scratch (a MODEL_SIZES name or TinyGPTConfig fields)
     seq_len: int = 64  # real tokens per training row
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float | dict = 3e-3  # peak learning rate, or one per loss name (e.g. cyb_nb.train.TUNED_LR)
     warmup: int = 20
     n_train: int | None = None  # rows of the text corpus's train split to use (None: all of it)
     n_val: int | None = None  # rows of its val split to score on (None: all of it)
@@ -125,13 +125,23 @@ class ExperimentConfig:
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         self.base = asdict(BaseConfig(**self.base)) if isinstance(self.base, dict) else asdict(self.base)  # validates it
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        lrs = self.lr.values() if isinstance(self.lr, dict) else [self.lr]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lrs):
+            raise ValueError(f"lr must be a positive number or a dict of loss name -> positive number, got {self.lr!r}")
         self.seeds, self.sweep_seeds, self.regimes = tuple(self.seeds), tuple(self.sweep_seeds), tuple(self.regimes)
         if not self.seeds or not self.sweep_seeds:
             raise ValueError("seeds and sweep_seeds must each hold at least one seed")
         for r in self.regimes + (self.sweep_regime,):
             parse_regime(r, self.max_multiple)
+
+
+def lr_of(cfg: ExperimentConfig, loss: LossConfig) -> float:
+    "The peak learning rate of a run: `cfg.lr`, or its entry for the loss's name when `cfg.lr` is a dict."
+    if not isinstance(cfg.lr, dict):
+        return cfg.lr
+    if loss.name not in cfg.lr:
+        raise ValueError(f"cfg.lr has no learning rate for the loss {loss.name!r} (keys: {sorted(cfg.lr)})")
+    return cfg.lr[loss.name]
 
 
 def parse_regime(regime: str, max_multiple: int | None = None) -> tuple:
@@ -153,11 +163,11 @@ PRESETS = {
                              n_train=96, n_val=16, seeds=(0, 1), sweep_seeds=(0,), difficulty_rows=64, difficulty_steps=6,
                              difficulty_batch_size=8, eval_batch_size=16, min_count=2, top_k=3),
     # the paper's regime on 2 CPU cores: the shipped base, grown and fine-tuned on the 'finetune' half (chapter 07)
-    "cpu": ExperimentConfig(lr=1e-3, warmup=10, batch_size=4),
+    "cpu": ExperimentConfig(lr=dict(TUNED_LR), warmup=25, batch_size=4),
     # the earlier from-scratch contrast (benchmarks/data_efficiency.json): the same recipes from random weights on all the text
     "cpu_scratch": ExperimentConfig(start="scratch"),
     # for a lent GPU: a 4-layer d=128 base pretrained for longer, five seeds
-    "gpu": ExperimentConfig(base=asdict(BaseConfig(d_model=128, n_layers=4, steps=6000)), lr=1e-3, warmup=10, batch_size=4,
+    "gpu": ExperimentConfig(base=asdict(BaseConfig(d_model=128, n_layers=4, steps=6000)), lr=dict(TUNED_LR), warmup=25, batch_size=4,
                             seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), difficulty_steps=1500),
 }
 
@@ -311,7 +321,7 @@ def run_one(spec: RunSpec, cfg: ExperimentConfig, device=None) -> dict:
     else:
         model = make_model(sub, setting.loss, n_pauses=setting.n_pauses, size=cfg.size, seed=spec.seed)
     t0 = time.perf_counter()
-    hist = train(model, sub, setting.loss, steps=steps, batch_size=bs, lr=cfg.lr, warmup=min(cfg.warmup, steps),
+    hist = train(model, sub, setting.loss, steps=steps, batch_size=bs, lr=lr_of(cfg, setting.loss), warmup=min(cfg.warmup, steps),
                  eval_every=steps, eval_batches=1, eval_batch_size=cfg.eval_batch_size, seed=spec.seed, device=device, progress=False)
     seconds = time.perf_counter() - t0
     stats = val_token_stats(model, sp.val, setting.loss, cfg.eval_batch_size)

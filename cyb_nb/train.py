@@ -22,9 +22,9 @@ from .models import TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'Splits', 'as_splits',
-           'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device', 'evaluate',
-           'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule',
+__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR', 'Splits',
+           'as_splits', 'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device',
+           'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule',
            'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
            'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
            'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
@@ -806,13 +806,16 @@ def pretrained_base(config: BaseConfig | None = None, data=None, cache_dir=None,
     return model
 
 # %% ../nbs/07_train.ipynb #7dc19ebc
+TUNED_LR = {"ce": 3e-4, "tbys": 3e-3, "ap": 1e-3, "va": 1e-3, "dp": 1e-3}  # peak fine-tuning lr per loss (benchmarks/regime_sweep.py)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     "How a grown base is fine-tuned (the same for every recipe): optimisation and the init of the new pause rows."
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup: int = 60
+    steps: int = 1500  # two epochs of the 'finetune' half of the text (2997 rows of 64 tokens) at 4 rows per step
+    batch_size: int = 4
+    lr: float | None = None  # peak learning rate; None: the loss's entry of TUNED_LR
+    warmup: int = 50
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1
     pause_init: str = "mean"  # see cyb_nb.models.new_rows: 'mean', 'copy' (with copy_rows) or 'random'
@@ -822,8 +825,12 @@ class FinetuneConfig:
         for name in ("steps", "batch_size"):
             _check_int(getattr(self, name), name)
         _check_int(self.warmup, "warmup", 0)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number or None (the loss's TUNED_LR), got {self.lr!r}")
+
+    def lr_for(self, loss_config) -> float:
+        "The peak learning rate for a loss: `lr` if set, else the loss's entry of `TUNED_LR`."
+        return self.lr if self.lr is not None else TUNED_LR[as_loss_config(loss_config).name]
 
 
 def finetune(base: nn.Module, data, loss_config="ap", config: FinetuneConfig | None = None, n_pauses: int | None = None,
@@ -833,7 +840,7 @@ def finetune(base: nn.Module, data, loss_config="ap", config: FinetuneConfig | N
     cfg = as_loss_config(loss_config)
     k = pauses_for(cfg) if n_pauses is None else n_pauses
     model = grow_pause_model(base, k, init=config.pause_init, copy_rows=copy_rows, noise=config.init_noise, seed=seed)
-    kw = dict(steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup=config.warmup,
+    kw = dict(steps=config.steps, batch_size=config.batch_size, lr=config.lr_for(cfg), warmup=config.warmup,
               weight_decay=config.weight_decay, min_lr_ratio=config.min_lr_ratio, seed=seed)
     kw.update(train_kwargs)
     return model, train(model, data, cfg, **kw)
