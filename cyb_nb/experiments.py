@@ -33,8 +33,8 @@ __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICUL
            'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
            'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
            'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
-           'pattern_checks', 'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report',
-           'save_plots']
+           'regime_sweep_rows', 'regime_seed_rows', 'parts_rows', 'plot_parts', 'pattern_checks',
+           'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots']
 
 # %% ../nbs/10_experiments.ipynb #da1fe49f
 @dataclass
@@ -581,6 +581,92 @@ def markdown_table(rows: list, columns: dict, digits: int = 3) -> str:
     head = "| " + " | ".join(columns.values()) + " |\n|" + "---|" * len(columns) + "\n"
     body = "".join("| " + " | ".join(fmt(c(r) if callable(c) else r.get(c)) for c in columns) + " |\n" for r in rows)
     return head + body
+
+# %% ../nbs/10_experiments.ipynb #755310d3
+def _sweep_key(recipe: str, lr: float, steps: int, init: str, dk: float, seed: int = 0) -> str:
+    "A run's key in `benchmarks/regime_sweep.py`'s document."
+    return f"{recipe}/lr{lr:g}/steps{steps}/{init}/dk{dk:g}/s{seed}"
+
+
+def regime_sweep_rows(doc: dict, axis: str) -> list:
+    "One row per value of a tuning `axis` of the regime sweep: each recipe's perplexity, and CYB-AP's and TBYS's change vs CE (%)."
+    d = doc["default"]
+    at = {"lr": d["lr"], "steps": d["steps"], "pause_init": d["pause_init"], "dk_prior": 0.9}
+    rows = []
+    for v in doc["axes"][axis]:
+        x = dict(at, **{axis: v})
+        ppl = {}
+        for r in ("ce", "tbys", "ap"):
+            key = _sweep_key(r, x["lr"], x["steps"], x["pause_init"] if r != "ce" else "mean", x["dk_prior"] if r == "ap" else 0.9)
+            if key not in doc["results"] and r == "ce":  # axes that do not touch CE compare with CE at the default
+                key = _sweep_key("ce", at["lr"], at["steps"], "mean", 0.9)
+            if key in doc["results"]:
+                ppl[r] = doc["results"][key]
+        row = {"axis": axis, "value": v, **{f"{r}_ppl": ppl[r]["ppl"] for r in ppl}}
+        if "ap" in ppl:
+            row["ap_pauses"] = ppl["ap"]["mean_pauses"]
+        for r in ("ap", "tbys"):
+            if r in ppl and "ce" in ppl:
+                row[f"{r}_vs_ce"] = 100 * (ppl[r]["ppl"] / ppl["ce"]["ppl"] - 1)
+        rows.append(row)
+    return rows
+
+
+def regime_seed_rows(doc: dict, chosen: bool = False) -> list:
+    "Per recipe, over seeds: perplexity mean ± sd and each seed's change vs CE of the same seed (%) — at the sweep's centre or, with `chosen`, its chosen config."
+    d = doc["default"]
+    prefix = (lambda r: f"chosen/{r}/s") if chosen else (lambda r: f"{r}/lr{d['lr']:g}/steps{d['steps']}/{d['pause_init']}/dk0.9/s")
+    runs = {r: {v["seed"]: v for k, v in doc["results"].items() if k.startswith(prefix(r))} for r in ("ce", "tbys", "ap")}
+    rows = []
+    for r, by_seed in runs.items():
+        if not by_seed:
+            continue
+        sp = spread([x["ppl"] for x in by_seed.values()])
+        vs = [100 * (by_seed[s]["ppl"] / runs["ce"][s]["ppl"] - 1) for s in sorted(by_seed) if s in runs["ce"]]
+        rows.append({"recipe": r, "seeds": sp["n"], "ppl": sp["mean"], "ppl_sd": sp["std"], "vs_ce_per_seed": vs,
+                     "lr": by_seed[min(by_seed)]["lr"], "pauses": spread([x["mean_pauses"] for x in by_seed.values()])["mean"]})
+    return rows
+
+# %% ../nbs/10_experiments.ipynb #63c6be91
+def parts_rows(doc: dict) -> list:
+    "Rows of `benchmarks/regime_parts.py`'s document: per trained variant, and per readout of CYB-AP, the perplexity and its change vs CE (%)."
+    res = doc["results"]
+    seeds = sorted({r["seed"] for r in res.values()})
+    ce = {s: res[f"ce/s{s}"]["nll"] for s in seeds if f"ce/s{s}" in res}
+    rows = []
+
+    def add(label, kind, nll_by_seed, pauses=None):
+        common = [s for s in nll_by_seed if s in ce]
+        if not common:
+            return
+        ppl = spread([math.exp(nll_by_seed[s]) for s in common])
+        vs = spread([100 * (math.exp(nll_by_seed[s] - ce[s]) - 1) for s in common])
+        rows.append({"label": label, "kind": kind, "seeds": ppl["n"], "ppl": ppl["mean"], "ppl_sd": ppl["std"], "vs_ce": vs["mean"],
+                     "vs_ce_sd": vs["std"], "vs_ce_max": vs["max"], "pauses": pauses})
+    for name, v in doc["variants"].items():
+        runs = {s: res[f"{name}/s{s}"] for s in seeds if f"{name}/s{s}" in res}
+        add(v["label"], "trained", {s: r["nll"] for s, r in runs.items()},
+            spread([r["mean_pauses"] for r in runs.values()])["mean"] if runs else None)
+    ap = {s: res[f"ap/s{s}"]["readouts"] for s in seeds if f"ap/s{s}" in res}
+    for rule in (next(iter(ap.values())) if ap else {}):
+        if rule != "own rule":
+            add(f"CYB-AP (3 pauses) read out: {rule}", "readout", {s: r[rule] for s, r in ap.items()})
+    return rows
+
+
+def plot_parts(doc: dict, ax=None):
+    "Bars of `parts_rows`: each variant's and readout's change in perplexity against CE continued, mean ± sd over seeds."
+    import matplotlib.pyplot as plt
+    rows = parts_rows(doc)
+    ax = ax or plt.subplots(figsize=(7.5, 0.38 * len(rows) + 1.2))[1]
+    y = list(range(len(rows)))[::-1]
+    colours = ["tab:blue" if r["kind"] == "trained" else "tab:orange" for r in rows]
+    ax.barh(y, [r["vs_ce"] for r in rows], xerr=[r["vs_ce_sd"] for r in rows], color=colours, alpha=0.8, capsize=3)
+    ax.set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("validation perplexity vs CE continued (%), mean ± sd over seeds")
+    ax.set_title("Where does CYB-AP's gain come from? (blue: trained variants, orange: readouts of CYB-AP)", fontsize=9)
+    return ax
 
 # %% ../nbs/10_experiments.ipynb #68ac0750
 def _tv(p, q) -> float:
