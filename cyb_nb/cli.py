@@ -10,19 +10,23 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .data import check_seed
 from .losses import LossConfig
-from .train import (MODEL_SIZES, BaseConfig, FinetuneConfig, as_loss_config, evaluate, finetune, load_checkpoint,
-                          make_model, model_from_checkpoint, pretrained_base, train)
+from .train import (MODEL_SIZES, BaseConfig, FinetuneConfig, TrainingInterrupted, as_loss_config, check_resumable,
+                          check_writable, evaluate, finetune, load_checkpoint, make_model, model_from_checkpoint, pause_vocab_of,
+                          prepare_output_dir, pretrained_base, train)
+
 
 # %% auto #0
-__all__ = ['LOSSES', 'DEMO_RECIPES', 'DEMO_LOSSES', 'DEMO_FULL', 'DEMO_QUICK', 'REGIMES', 'task_names', 'load_task',
-           'regime_data', 'format_table', 'run_demo', 'build_parser', 'main']
+__all__ = ['LOSSES', 'DEMO_RECIPES', 'DEMO_LOSSES', 'DEMO_FULL', 'DEMO_QUICK', 'REGIMES', 'DEMO_FILES', 'MAX_PAUSES',
+           'task_names', 'load_task', 'regime_data', 'format_table', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/15_cli.ipynb #84466048
 LOSSES = ("ap", "va", "dp", "tbys", "ce")
@@ -63,6 +67,7 @@ DEMO_FULL = dict(base=BaseConfig(), finetune=FinetuneConfig(), eval_every=100)
 DEMO_QUICK = dict(base=BaseConfig(d_model=32, n_layers=2, n_heads=4, seq_len=32, steps=60, batch_size=8, warmup=6),
                   finetune=FinetuneConfig(steps=20, batch_size=4, warmup=2), eval_every=10)
 REGIMES = ("finetune", "scratch")
+DEMO_FILES = ("results.json", "curves.png", "pauses.png") + tuple(f"history_{name}.jsonl" for _, name in DEMO_RECIPES)
 
 
 def format_table(results: list) -> str:
@@ -112,7 +117,6 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
         kw = dict(eval_every=min(conf["eval_every"], ft.steps), eval_batches=4, device=device, progress=progress, desc=label,
                   log_path=out / f"history_{name}.jsonl", checkpoint_dir=out / f"ckpt_{name}",
                   meta={"task": task, "seq_len": base_cfg.seq_len, "seed": seed, "regime": regime})
-        (out / f"history_{name}.jsonl").unlink(missing_ok=True)  # a fresh log for this run
         t0 = time.perf_counter()
         if regime == "finetune":
             model, h = finetune(base, data, loss, ft, seed=seed, **kw)
@@ -152,22 +156,46 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
     return results
 
 # %% ../nbs/15_cli.ipynb #1556a966
-def _bounded(cast, low, inclusive: bool, what: str):
-    "An argparse type: `cast(s)`, finite and >= `low` (> `low` unless `inclusive`), else an error saying `what` was expected."
+def _bounded(cast, low, inclusive: bool, what: str, high=None):
+    "An argparse type: `cast(s)`, finite, >= `low` (> `low` unless `inclusive`) and <= `high`, else an error saying `what` was expected."
     def parse(s: str):
         try:
             v = cast(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
-        if not math.isfinite(v) or v < low or (v == low and not inclusive):
+        if not math.isfinite(v) or v < low or (v == low and not inclusive) or (high is not None and v > high):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
         return v
     return parse
 
 
+MAX_PAUSES = 32  # the paper uses 3; see the --pauses message for why there is a bound at all
+
 _positive_int = _bounded(int, 1, True, "a positive integer")
 _nonneg_int = _bounded(int, 0, True, "a non-negative integer")
 _positive_float = _bounded(float, 0.0, False, "a positive number")
+_pauses = _bounded(int, 0, True, f"an integer in [0, {MAX_PAUSES}]: each pause adds a step per real token, so the stream is "
+                   f"(pauses + 1) x --seq-len positions long and attention memory grows with its square (the paper uses 3)",
+                   high=MAX_PAUSES)
+
+
+def _seed(s: str) -> int:
+    "An argparse type: an integer seed in the range torch's generators accept."
+    try:
+        return check_seed(int(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if s.strip().lstrip("+-").isdigit() else f"expected an integer, got {s!r}") from None
+
+
+def _fail(p: argparse.ArgumentParser, message: str):
+    "End a command that failed while running: an argparse-style `cyb-nb: error: ...` line and exit status 2."
+    p.exit(2, f"{p.prog}: error: {message}\n")
+
+
+def _interrupted(stop: TrainingInterrupted, hint: str) -> int:
+    "Report a SIGINT/SIGTERM stop of `train` and return the shell's status for that signal (130 / 143)."
+    print(f"cyb-nb: {stop.signal} received: stopped after step {stop.step}, checkpoint {stop.checkpoint}. {hint}", file=sys.stderr)
+    return 128 + signal.Signals[stop.signal].value
 
 
 def _add_corpus_args(p: argparse.ArgumentParser):
@@ -178,14 +206,23 @@ def _add_corpus_args(p: argparse.ArgumentParser):
 
 def _cmd_pretrain(a, p):
     "Run `cyb-nb pretrain`."
-    from cyb_nb.train import save_base
+    from cyb_nb.train import base_cache_dir, save_base
     try:
         cfg = BaseConfig(d_model=a.d_model, n_layers=a.layers, n_heads=a.heads, seq_len=a.seq_len, steps=a.steps,
                          batch_size=a.batch_size, lr=a.lr, warmup=min(BaseConfig.warmup, max(1, a.steps // 10)), seed=a.seed)
         pre, _ = regime_data("text", cfg.seq_len, a.corpus, a.tokenizer)
     except (ValueError, TypeError, OSError) as err:
         p.error(f"argument --corpus/--tokenizer/--seq-len: {err}")
-    base = pretrained_base(cfg, data=pre, cache_dir=a.cache_dir, progress=not a.no_progress, device=a.device, refresh=a.refresh)
+    try:  # every path is checked before pretraining starts
+        check_writable(base_cache_dir(a.cache_dir) / "base.pt", "--cache-dir")
+        if a.out is not None:
+            check_writable(a.out, "--out")
+    except ValueError as err:
+        p.error(f"argument --cache-dir/--out: {err}")
+    try:
+        base = pretrained_base(cfg, data=pre, cache_dir=a.cache_dir, progress=not a.no_progress, device=a.device, refresh=a.refresh)
+    except FloatingPointError as err:
+        _fail(p, str(err))
     info = base.base_info
     print(f"base {info['key']}: {sum(q.numel() for q in base.parameters()):,} parameters, val NLL {info['val_nll']:.4f} nats "
           f"(ppl {info['val_ppl']:.2f}) on {pre.name}")
@@ -201,14 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
                                     "fine-tuned from it (~4 min on 2 CPU cores)")
-    d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots (default: cyb_demo)")
-    d.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per recipe (default: 750 = one epoch, quick: 20)")
+    d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots, replaced on a rerun (default: cyb_demo)")
+    d.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"fine-tuning steps per recipe (default: {FinetuneConfig.steps} = two epochs of the fine-tuning half; quick: 20)")
     d.add_argument("--quick", action="store_true", help="a few-seconds version with a tiny base")
     d.add_argument("--regime", choices=REGIMES, default="finetune",
                    help="finetune (default, the paper's): from one pretrained base; scratch: each recipe from random weights")
     d.add_argument("--task", default="text", help="'text' (bundled corpus, or --corpus) or a synthetic task: modsum, lookup")
     _add_corpus_args(d)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     b = sub.add_parser("pretrain", help="pretrain (or fetch from the cache) the no-pause CE base that fine-tuning starts from")
@@ -219,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-len", type=_positive_int, default=BaseConfig.seq_len)
     b.add_argument("--batch-size", type=_positive_int, default=BaseConfig.batch_size)
     b.add_argument("--lr", type=_positive_float, default=BaseConfig.lr)
-    b.add_argument("--seed", type=int, default=BaseConfig.seed)
+    b.add_argument("--seed", type=_seed, default=BaseConfig.seed)
     _add_corpus_args(b)
     b.add_argument("--cache-dir", default=None, help="where bases are cached (default: $CYB_NB_CACHE or ~/.cache/cyb_nb)")
     b.add_argument("--out", default=None, help="also write the base to this file (atomically)")
@@ -230,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=LOSSES, default="ap", help="loss variant (default: ap)")
     t.add_argument("--task", default="text", help="'text' (bundled corpus) or a synthetic task: modsum, lookup")
     t.add_argument("--steps", type=_positive_int, default=200)
-    t.add_argument("--pauses", type=_nonneg_int, default=None, help="pauses per real token (default: 3; ce: 0)")
-    t.add_argument("--out", default="cyb_run", help="output folder for checkpoint.pt and history.jsonl")
-    t.add_argument("--resume", default=None, help="checkpoint to continue from")
+    t.add_argument("--pauses", type=_pauses, default=None, help=f"pauses per real token, at most {MAX_PAUSES} (default: 3; ce: 0)")
+    t.add_argument("--out", default="cyb_run", help="output folder for checkpoint.pt and history.jsonl; must be empty or new "
+                   "unless --resume or --overwrite")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from (same options as the run that wrote it)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run held in --out")
     t.add_argument("--size", default="tiny", choices=sorted(MODEL_SIZES), help="model size (default: tiny)")
     t.add_argument("--seq-len", type=_positive_int, default=64)
     t.add_argument("--n-seqs", type=_positive_int, default=None, help="training sequences (default: all text / 4096 synthetic)")
@@ -242,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=_positive_int, default=1)
     t.add_argument("--eval-every", type=_positive_int, default=50)
     t.add_argument("--eval-batches", type=_positive_int, default=4)
-    t.add_argument("--checkpoint-every", type=_positive_int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="steps between checkpoints (default: --eval-every); one is also written at the end and on Ctrl-C/SIGTERM")
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--device", default=None)
     t.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("eval", help="evaluate a checkpoint: NLL per real token (nats, bits), mean expected pauses")
@@ -265,24 +306,61 @@ def _cmd_train(a, p):
         p.error(f"argument --pauses: the 'ce' loss uses no pauses, got --pauses {n_pauses}")
     if a.loss != "ce" and n_pauses < 1:
         p.error(f"argument --pauses: the {a.loss!r} loss needs at least 1 pause, got --pauses {n_pauses}")
+    ck = None
     if a.resume is not None:
         try:
-            load_checkpoint(a.resume)
+            ck = load_checkpoint(a.resume)
         except (FileNotFoundError, ValueError) as err:
             p.error(f"argument --resume: {err}")
-    data = load_task(a.task, seq_len=a.seq_len, n=a.n_seqs, seed=a.seed)
+        _check_resume_options(a, ck, n_pauses, p)
+    try:
+        data = load_task(a.task, seq_len=a.seq_len, n=a.n_seqs, seed=a.seed)
+    except ValueError as err:
+        p.error(f"argument --task/--seq-len/--n-seqs: {err}")
+    if a.batch_size > data.train.shape[0]:
+        p.error(f"argument --batch-size: {a.batch_size} is more than the {data.train.shape[0]} training sequences")
     model = make_model(data, a.loss, n_pauses=n_pauses, size=a.size, seed=a.seed)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    h = train(model, data, a.loss, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-              warmup=a.warmup if a.warmup is not None else max(1, a.steps // 10), grad_accum=a.grad_accum,
-              eval_every=min(a.eval_every, a.steps), eval_batches=a.eval_batches, device=a.device, seed=a.seed,
-              checkpoint_dir=out, checkpoint_every=a.checkpoint_every, resume=a.resume, log_path=out / "history.jsonl",
-              progress=not a.no_progress, meta={"task": a.task, "seq_len": a.seq_len, "n_seqs": a.n_seqs, "seed": a.seed})
+    if ck is not None:
+        try:
+            check_resumable(ck, model, a.loss, a.steps, data)
+        except ValueError as err:
+            p.error(f"argument --resume: {err}")
+    try:
+        out = prepare_output_dir(a.out, resume=a.resume, overwrite=a.overwrite)
+    except ValueError as err:
+        p.error(f"argument --out: {err}")
+    try:
+        h = train(model, data, a.loss, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                  warmup=a.warmup if a.warmup is not None else max(1, a.steps // 10), grad_accum=a.grad_accum,
+                  eval_every=min(a.eval_every, a.steps), eval_batches=a.eval_batches, device=a.device, seed=a.seed,
+                  checkpoint_dir=out, checkpoint_every=a.checkpoint_every, resume=a.resume, log_path=out / "history.jsonl",
+                  progress=not a.no_progress, meta={"task": a.task, "seq_len": a.seq_len, "n_seqs": a.n_seqs, "seed": a.seed})
+    except TrainingInterrupted as stop:
+        return _interrupted(stop, f"Continue with the same command plus --resume {stop.checkpoint}.")
+    except FloatingPointError as err:
+        _fail(p, str(err))
     f = h.final
     print(f"step {f.get('step')}: val NLL {f.get('val_nll', float('nan')):.4f} nats = {f.get('val_bits', float('nan')):.4f} bits "
           f"per real token, mean pauses {f.get('val_pauses', float('nan')):.2f}; checkpoint {out / 'checkpoint.pt'}")
     return 0
+
+
+def _check_resume_options(a, ck: dict, n_pauses: int, p):
+    "Refuse `cyb-nb train --resume` options that differ from the run that wrote the checkpoint, naming both values."
+    meta = ck.get("extra", {}).get("train_args", {}).get("meta", {})
+    mc = ck.get("model_config") or {}
+    size = next((name for name, kw in MODEL_SIZES.items() if all(mc.get(k) == v for k, v in kw.items())), "a custom size")
+    theirs = {"--loss": (ck.get("loss_config") or {}).get("name", a.loss), "--pauses": ck["pause_vocab"]["n_pauses"],
+              "--size": size if mc else a.size, **{f"--{k.replace('_', '-')}": meta[k] for k in ("task", "seq_len", "n_seqs", "seed") if k in meta}}
+    mine = {"--loss": a.loss, "--pauses": n_pauses, "--size": a.size, "--task": a.task, "--seq-len": a.seq_len,
+            "--n-seqs": a.n_seqs, "--seed": a.seed}
+    for flag, value in theirs.items():
+        if mine[flag] != value:
+            p.error(f"argument {flag}: the run being resumed used {flag} {value}, this command asks for {flag} {mine[flag]}; "
+                    f"resume with the options of that run")
+    if ck["step"] >= a.steps:
+        p.error(f"argument --steps: the checkpoint {a.resume} is already at step {ck['step']}; pass --steps greater than "
+                f"{ck['step']} to train further")
 
 
 def _cmd_eval(a, p):
@@ -297,7 +375,14 @@ def _cmd_eval(a, p):
     if task not in task_names():
         p.error(f"argument --task: unknown task {task!r} (choose from {', '.join(task_names())})")
     seq_len = a.seq_len or meta.get("seq_len") or 64
-    data = load_task(task, seq_len=seq_len, n=meta.get("n_seqs"), seed=meta.get("seed", 0))
+    try:
+        data = load_task(task, seq_len=seq_len, n=meta.get("n_seqs"), seed=meta.get("seed", 0))
+    except ValueError as err:
+        p.error(f"argument --task/--seq-len: {err}")
+    V = pause_vocab_of(model).vocab_size
+    if data.vocab_size != V:
+        p.error(f"argument --task: {task!r} has a vocabulary of {data.vocab_size} tokens, the checkpoint's model one of {V}; "
+                f"evaluate on the task it was trained on ({meta.get('task', 'unknown')!r})")
     model.to(a.device or "cpu")
     res = evaluate(model, data, cfg or "ap", batch_size=32, max_batches=a.batches, device=a.device)
     res = {"checkpoint": str(a.checkpoint), "task": task, "loss": (cfg.name if cfg else None), "step": ck.get("step"), **res}
@@ -326,8 +411,17 @@ def main(argv: list | None = None) -> int:
             regime_data(a.task, (DEMO_QUICK if a.quick else DEMO_FULL)["base"].seq_len, a.corpus, a.tokenizer, a.seed)
         except (ValueError, TypeError, OSError) as err:
             p.error(f"argument --corpus/--tokenizer: {err}")
-        run_demo(a.out, steps=a.steps, quick=a.quick, seed=a.seed, device=a.device, progress=not a.no_progress, task=a.task,
-                 regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer)
+        try:
+            prepare_output_dir(a.out, overwrite=True, files=DEMO_FILES)
+        except ValueError as err:
+            p.error(f"argument --out: {err}")
+        try:
+            run_demo(a.out, steps=a.steps, quick=a.quick, seed=a.seed, device=a.device, progress=not a.no_progress, task=a.task,
+                     regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer)
+        except TrainingInterrupted as stop:
+            return _interrupted(stop, "The demo does not resume; run it again to start over.")
+        except FloatingPointError as err:
+            _fail(p, str(err))
         return 0
     if a.command == "pretrain":
         return _cmd_pretrain(a, p)

@@ -21,10 +21,11 @@ from .stream import IGNORE_INDEX
 
 # %% auto #0
 __all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DOC_SEPARATORS', 'TEXT_SPLITS', 'CORPUS_SUFFIXES',
-           'DATA_NAMES', 'TaskData', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty', 'mean_by_difficulty',
-           'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'data_path', 'load_tokenizer',
-           'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack', 'load_text',
-           'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data', 'regime_splits']
+           'DATA_NAMES', 'TaskData', 'check_seed', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty',
+           'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'data_path',
+           'load_tokenizer', 'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack',
+           'load_text', 'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data',
+           'regime_splits']
 
 # %% ../nbs/06_data.ipynb #c9217715
 RANDOM = -1  # label: the next token was freshly sampled, unpredictable by anyone
@@ -64,13 +65,19 @@ class TaskData:
         return self.ids.shape[0]
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    "Return `seed` if it is an int that torch's generators accept (-2**63 to 2**64 - 1); otherwise a ValueError naming `name`."
+    if not _is_int(seed) or not -2**63 <= seed <= 2**64 - 1:
+        raise ValueError(f"{name} must be an int in [-2**63, 2**64 - 1] (the range torch's generators accept), got {seed!r}")
+    return seed
+
+
 def _check_task_args(n, seq_len, seed):
     if not _is_int(n) or n < 1:
         raise ValueError(f"n (number of sequences) must be an int >= 1, got {n!r}")
     if not _is_int(seq_len) or seq_len < 2:
         raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
-    if not _is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_seed(seed)
 
 
 def _shift_labels(tok_diff: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -293,17 +300,23 @@ CORPUS_SECTIONS = ("tutorial", "faq", "howto", "reference", "using", "extending"
 
 def build_corpus(src: str | Path = "/usr/share/doc/python3.11/html/_sources", out: str | Path | None = None,
                  vocab_size: int = 1024, sections: Sequence[str] = CORPUS_SECTIONS) -> Path:
-    "Rebuild `pydocs.jsonl.gz` and `tokenizer.json` from the Python docs' reST sources (Debian package python3.11-doc)."
+    "Write `pydocs.jsonl.gz` and `tokenizer.json` to the folder `out` (required) from the Python docs' reST sources (Debian package python3.11-doc)."
     src = Path(src)
     if not src.is_dir():
         raise ValueError(f"src must be the _sources folder of the Python docs (apt-get install python3.11-doc), not found: {src}")
-    out = Path(out) if out is not None else Path(__file__).parent / "data"
+    if out is None:
+        raise ValueError("out is required: the folder to write pydocs.jsonl.gz and tokenizer.json to "
+                         "(out=data_path() replaces the copy bundled with the installed package)")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     docs = []
     for sec in sections:
         files = sorted((src / sec).rglob("*.rst.txt")) if (src / sec).is_dir() else [src / sec]
         for f in files:
-            paras = rst_to_text(f.read_text(encoding="utf-8"))
+            try:
+                paras = rst_to_text(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read the reST source {str(f)!r} (section {sec!r} of src): {e}") from None
             if paras:
                 docs.append({"id": str(f.relative_to(src)).removesuffix(".rst.txt"), "text": "\n".join(paras)})
     with gzip.GzipFile(out / "pydocs.jsonl.gz", "wb", mtime=0) as fh:  # mtime=0: byte-identical rebuilds
@@ -379,9 +392,15 @@ def load_tokenizer(path: str | None = None) -> TextTokenizer:
     "The bundled byte-level BPE tokenizer (vocabulary 1024), or one saved at `path` (a `tokenizer.json`, or a folder holding one, as 🤗 saves)."
     from tokenizers import Tokenizer
 
-    if path is not None and Path(path).is_dir():
-        path = Path(path) / "tokenizer.json"
-    return TextTokenizer(Tokenizer.from_file(str(path or data_path("tokenizer.json"))))
+    path = Path(path) if path is not None else data_path("tokenizer.json")
+    if path.is_dir():  # a 🤗 model folder
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {str(path)!r}")
+    try:
+        return TextTokenizer(Tokenizer.from_file(str(path)))
+    except Exception as e:  # tokenizers raises a bare Exception that names no file
+        raise ValueError(f"{str(path)!r} is not a tokenizers JSON file ({e})") from None
 
 # %% ../nbs/06_data.ipynb #8d033ef8
 _BLOCK_PARAS = 16  # paragraphs per block of the train/val split
@@ -466,12 +485,19 @@ def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
     return stream[: n * seq_len].reshape(n, seq_len).clone()
 
 
+def _first_rows(rows: torch.Tensor, n: int | None, name: str, split: str) -> torch.Tensor:
+    "The first `n` rows (all for None); more than there are is an error naming `name`, never a silent cap."
+    if n is not None and n > rows.shape[0]:
+        raise ValueError(f"{name}={n} asks for more rows than the {rows.shape[0]} that the corpus's {split!r} split holds "
+                         f"at seq_len={rows.shape[1]}")
+    return rows if n is None else rows[:n]
+
+
 def load_text(seq_len: int = 64, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
-    "Packed rows `[N, seq_len]` of a split of the bundled corpus (`TEXT_SPLITS`; the first `max_rows` if given)."
+    "Packed rows `[N, seq_len]` of a split of the bundled corpus (`TEXT_SPLITS`; the first `max_rows` if given; more is an error)."
     if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
         raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
-    rows = pack(token_stream(split), seq_len)
-    return rows if max_rows is None else rows[:max_rows]
+    return _first_rows(pack(token_stream(split), seq_len), max_rows, "max_rows", split)
 
 # %% ../nbs/06_data.ipynb #8561b81f
 CORPUS_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")  # files read_corpus takes from a folder
@@ -535,8 +561,7 @@ def read_corpus(path) -> list:
 
 def text_rows(texts: Sequence[str], tokenizer, seq_len: int, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
     "Packed rows `[N, seq_len]` of a split of documents `texts` tokenized with `tokenizer` (the rules of the bundled corpus)."
-    rows = pack(encode_blocks(blocks_of_split(texts, split), tokenizer), seq_len)
-    return rows if max_rows is None else rows[:max_rows]
+    return _first_rows(pack(encode_blocks(blocks_of_split(texts, split), tokenizer), seq_len), max_rows, "max_rows", split)
 
 # %% ../nbs/06_data.ipynb #5c161097
 def batches(ids: torch.Tensor, batch_size: int, seed: int = 0, device=None, epochs: int | None = None,
@@ -603,16 +628,18 @@ def load_data(name: str = "text", seq_len: int = 64, n_train: int | None = None,
         tk = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(None if tokenizer is None else str(tokenizer))
         itos = tk.tokens(range(tk.vocab_size))
         if corpus is None and tokenizer is None:
-            tr, va = load_text(seq_len, train_split, n_train), load_text(seq_len, "val", n_val)
+            tr = _first_rows(load_text(seq_len, train_split), n_train, "n_train", train_split)
+            va = _first_rows(load_text(seq_len, "val"), n_val, "n_val", "val")
             return DataBundle(tr, va, tk.vocab_size, tk.decode, None, "text" if train_split == "train" else f"text:{train_split}", itos, tk)
         texts = [t for _, t in (read_corpus(corpus) if corpus is not None else load_corpus())]
         parts = {}
-        for split, cap in ((train_split, n_train), ("val", n_val)):
+        for split, cap, name in ((train_split, n_train, "n_train"), ("val", n_val, "n_val")):
             try:
-                parts[split] = text_rows(texts, tk, seq_len, split, cap)
+                rows = text_rows(texts, tk, seq_len, split)
             except ValueError as e:
                 raise ValueError(f"corpus {str(corpus or 'bundled')!r} is too small for seq_len={seq_len}: its {split!r} split "
                                  f"(every 10th block of 16 lines is 'val') has too few tokens ({e})") from None
+            parts[split] = _first_rows(rows, cap, name, split)
         label = f"text:{Path(corpus).name}" if corpus is not None else "text"
         return DataBundle(parts[train_split], parts["val"], tk.vocab_size, tk.decode, None,
                           label if train_split == "train" else f"{label}:{train_split}", itos, tk)

@@ -315,7 +315,7 @@ def _as_prompt(prompt, V: int) -> torch.Tensor:
     return prompt.long()[None]
 
 
-def _check_decode_args(mode, rule, halt, threshold, max_pauses, pv, max_new_tokens):
+def _check_decode_args(mode, rule, halt, threshold, max_pauses, pv):
     "Validate the decoding options; return the maximum pauses per token."
     if mode not in ("fixed", "adaptive"):
         raise ValueError(f"mode must be 'fixed' (Recipe 1) or 'adaptive', got {mode!r}")
@@ -325,8 +325,6 @@ def _check_decode_args(mode, rule, halt, threshold, max_pauses, pv, max_new_toke
         raise ValueError(f"halt must be one of {HALTS}, got {halt!r}")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number in [0, 1] (pause while d >= threshold), got {threshold!r}")
-    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if max_pauses is None:
         return pv.n_pauses
     if not isinstance(max_pauses, int) or isinstance(max_pauses, bool) or not 0 <= max_pauses <= pv.n_pauses:
@@ -379,7 +377,9 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
                     pv: PauseVocab | None = None) -> Iterator[TokenEvent]:
     "Generate after `prompt` with the KV cache, yielding a `TokenEvent` per token: Recipe 1 (`mode='fixed'`) or adaptive pauses."
     pv = _pause_vocab(model, pv)
-    mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv, max_new_tokens)
+    mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
     dev = _model_device(model)
     ids = _as_prompt(prompt, pv.vocab_size).to(dev)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -483,7 +483,7 @@ def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold",
                    pv: PauseVocab | None = None) -> dict:
     "Adaptive decoding of `ids [B, T]` teacher-forced: per-token NLL at the answering step, pauses used, `d` per step, means."
     pv = _pause_vocab(model, pv)
-    mp = _check_decode_args("adaptive", "mixture", halt, threshold, max_pauses, pv, None)
+    mp = _check_decode_args("adaptive", "mixture", halt, threshold, max_pauses, pv)
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.numel() == 0:
         raise ValueError(f"ids must be a non-empty integer tensor [B, T], got {getattr(ids, 'shape', type(ids).__name__)}")
     B, T = ids.shape

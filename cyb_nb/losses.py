@@ -71,6 +71,9 @@ class _Head(torch.autograd.Function):
         z_dk = z[..., V] + shift
         lse = torch.logaddexp(lse_v, z_dk)  # L over everything, δ shifted
         log_d, log_1md = z_dk - lse, lse_v - lse
+        # a NaN or +inf logit makes L NaN or +inf: that row has no probability reading, so all three outputs are NaN
+        broken = ~(lse < float("inf"))
+        log_d, log_1md, log_t = (x.masked_fill(broken, float("nan")) for x in (log_d, log_1md, log_t))
         ctx.save_for_backward(logp, c, tgt, log_d)
         ctx.in_dtype = logits.dtype
         return log_d, log_1md, log_t
@@ -122,8 +125,10 @@ def _token_mask(targets: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def _mean_over_tokens(per_token: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.where(keep, per_token, torch.zeros_like(per_token)).sum() / keep.sum()
+def _mean_over_tokens(per_token: torch.Tensor, keep: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
+    "Mean of `per_token` over `keep`; NaN if the head's `log_t [..., W]` is NaN anywhere (any token, any step: its gradient is NaN too)."
+    mean = torch.where(keep, per_token, torch.zeros_like(per_token)).sum() / keep.sum()
+    return torch.where(torch.isnan(log_t).any(), torch.full_like(mean, float("nan")), mean)
 
 
 def cyb_nll(log_d: torch.Tensor, log_1md: torch.Tensor, log_t: torch.Tensor, omega=None, gamma=None,
@@ -152,7 +157,7 @@ def cyb_loss(logits: torch.Tensor, targets: torch.Tensor, omega=None, gamma=None
     "CYB-AP / generic ℓ_CYB on step logits `[B, T, W, V+1]`, mean over real tokens with a target."
     log_d, log_1md, log_t, keep = _parts(logits, targets, dk_prior, step_mask)
     nll, log_s = cyb_nll(log_d, log_1md, log_t, omega, gamma, step_mask)
-    loss = _mean_over_tokens(nll, keep)
+    loss = _mean_over_tokens(nll, keep, log_t)
     return (loss, _diagnostics(log_s, log_d, log_t, nll, step_mask)) if return_diagnostics else loss
 
 
@@ -190,9 +195,9 @@ def _log_prior(rho, log_s: torch.Tensor, step_mask=None, name: str = "rho", allo
 
 
 def _xlogy_terms(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    "p · log q with 0 · log 0 = 0 (elementwise), with finite gradients where p = 0 (the double-`where` trick)."
-    pos = p > 0
-    return torch.where(pos, p * torch.where(pos, log_q, torch.zeros_like(log_q)), torch.zeros_like(p))
+    "p · log q with 0 · log 0 = 0 (elementwise; a NaN p stays NaN), with finite gradients where p = 0 (the double-`where` trick)."
+    zero = p == 0
+    return torch.where(zero, torch.zeros_like(p), p * torch.where(zero, torch.zeros_like(log_q), log_q))
 
 
 def cyb_va_loss(logits: torch.Tensor, targets: torch.Tensor, rho=None, gamma=None, dk_prior: float | None = 0.9,
@@ -209,7 +214,7 @@ def cyb_va_loss(logits: torch.Tensor, targets: torch.Tensor, rho=None, gamma=Non
         score = score + lg
     s = log_s.exp()
     per_token = -_xlogy_terms(s, score).sum(-1) + (_xlogy_terms(s, log_s) - _xlogy_terms(s, log_rho)).sum(-1)
-    loss = _mean_over_tokens(per_token, keep)
+    loss = _mean_over_tokens(per_token, keep, log_t)
     return (loss, _diagnostics(log_s, log_d, log_t, per_token, step_mask)) if return_diagnostics else loss
 
 # %% ../nbs/04_loss_dp.ipynb #becc0a20
@@ -224,7 +229,7 @@ def cyb_dp_loss(logits: torch.Tensor, targets: torch.Tensor, rho=None, alpha: fl
     rho_ = log_rho.exp()
     kl = (_xlogy_terms(rho_, log_rho) - _xlogy_terms(rho_, log_s)).sum(-1)
     per_token = nll + alpha * kl
-    loss = _mean_over_tokens(per_token, keep)
+    loss = _mean_over_tokens(per_token, keep, log_t)
     return (loss, _diagnostics(log_s, log_d, log_t, per_token, step_mask)) if return_diagnostics else loss
 
 # %% ../nbs/04_loss_dp.ipynb #21a610c4
@@ -236,7 +241,7 @@ def tbys_loss(logits: torch.Tensor, targets: torch.Tensor, step_mask: torch.Tens
     last = (W - 1) if step_mask is None else (step_mask.sum(-1) - 1)
     last = torch.as_tensor(last, device=logits.device).expand(targets.shape)
     nll = -log_t.gather(-1, last[..., None]).squeeze(-1)
-    loss = _mean_over_tokens(nll, keep)
+    loss = _mean_over_tokens(nll, keep, log_t)
     if not return_diagnostics:
         return loss
     log_s = torch.full_like(log_t, -float("inf")).scatter(-1, last[..., None], 0.0)

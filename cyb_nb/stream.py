@@ -142,6 +142,10 @@ def expand(ids: torch.Tensor, n_pauses: int, pause_ids: Sequence[int] | torch.Te
             raise ValueError("pass pause_ids, or vocab_size so that pauses take the ids vocab_size, vocab_size+1, ...")
         pause_ids = range(vocab_size, vocab_size + n_pauses)
     pause_ids = _check_pause_ids(pause_ids, n_pauses, vocab_size)
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()
+    if lo < 0 or (vocab_size is not None and hi >= vocab_size):
+        raise ValueError(f"ids must be real-token ids in [0, {vocab_size if vocab_size is not None else 'vocab_size'}), "
+                         f"got range [{lo}, {hi}]")
     B, T = ids.shape
     W, dev = n_pauses + 1, ids.device
     if counts is None:

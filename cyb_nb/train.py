@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -17,14 +19,16 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .data import check_seed
 from .losses import LossConfig
 from .models import TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR', 'Splits',
-           'as_splits', 'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device',
-           'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'History', 'cosine_schedule',
+__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR',
+           'Splits', 'as_splits', 'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of',
+           'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
+           'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'History', 'cosine_schedule',
            'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
            'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
            'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
@@ -179,7 +183,7 @@ def make_model(data, loss_config=None, n_pauses: int | None = None, size: str | 
     if max_positions is not None and "max_positions" in {f.name for f in fields(TinyGPTConfig)}:
         kw.setdefault("max_positions", int(max_positions))  # only for position tables; RoPE needs none
     pv = PauseVocab(vocab_size=int(V), n_pauses=int(n_pauses))
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     model = TinyGPT.from_vocab(pv, **kw)
     model.pause_vocab = pv
     return model
@@ -315,7 +319,8 @@ def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, step
         "history": [dict(r) for r in history] if history is not None else [],
         "extra": _plain(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # mode from the umask, as open() gives
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -356,6 +361,151 @@ def model_from_checkpoint(ckpt) -> tuple[nn.Module, LossConfig | None]:
     model.load_state_dict(ck["model"])
     lc = ck.get("loss_config")
     return model, (as_loss_config(lc) if lc is not None else None)
+
+# %% ../nbs/07_train.ipynb #a671c216
+RUN_FILES = ("checkpoint.pt", "history.jsonl")  # what `train` writes into a run's folder
+
+
+def _writable_folder(folder, what: str) -> Path:
+    "Create `folder` if needed and check that it takes new files; otherwise a ValueError naming `what` and the folder."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{what} {str(folder)!r} cannot be created or written ({e.strerror or e})") from None
+    return folder
+
+
+def check_writable(path, what: str = "path") -> Path:
+    "Check, before any work, that a file can be written at `path`: it is not a folder, and its folder exists (or can be made) and takes new files."
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; a file has to be written there")
+    _writable_folder(path.parent, f"the folder of {what}")
+    return path
+
+
+def prepare_output_dir(out, resume=None, overwrite: bool = False, files: Sequence[str] = RUN_FILES) -> Path:
+    "Create and check a run's folder before training: one that holds anything is refused unless resuming or `overwrite` (which deletes `files`)."
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {str(out)!r} is a file, not a folder")
+    try:
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as e:
+        raise ValueError(f"out {str(out)!r} cannot be read ({e.strerror or e})") from None
+    if held and resume is None and not overwrite:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ValueError(f"out {str(out)!r} is not empty (it holds {shown}): resume the run it holds, overwrite it explicitly, "
+                         "or choose a new folder")
+    _writable_folder(out, "out")
+    for name in files:
+        check_writable(out / name, "run file")
+    if overwrite and resume is None:
+        for name in files:
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "Raised by `train` after SIGINT/SIGTERM, once the step in flight is done and checkpointed: `signal`, `step`, `checkpoint`, `history`."
+
+    def __init__(self, signal_name: str, step: int, checkpoint, history):
+        super().__init__(f"{signal_name} received: training stopped after step {step}; its checkpoint is {str(checkpoint)!r} "
+                         f"(continue with resume={str(checkpoint)!r})")
+        self.signal, self.step, self.checkpoint, self.history = signal_name, step, Path(checkpoint), history
+
+
+class StopSignals:
+    "While installed (main thread only), SIGINT/SIGTERM set `received` to the signal's name instead of interrupting; a second one interrupts at once."
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.received, self._previous = None, {}
+
+    def install(self) -> "StopSignals":
+        "Replace the handlers of SIGINT and SIGTERM (a no-op outside the main thread, where Python cannot catch signals)."
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def restore(self):
+        "Put the previous handlers back."
+        for sig, old in self._previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None:  # asked twice: stop now, as without the handler
+            self.restore()
+            raise KeyboardInterrupt(f"second signal ({name}) while finishing the step after {self.received}")
+        self.received = name
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+
+def _same(a, b) -> bool:
+    "Equality of plain configs (dicts, lists, numbers) where tensors compare by value."
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.as_tensor(a).tolist() == torch.as_tensor(b).tolist()
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def check_resumable(ckpt, model: nn.Module, loss_config, steps: int, data=None) -> dict:
+    "Check that `train(model, data, loss_config, steps, resume=ckpt)` continues the checkpoint's run; return the loaded checkpoint."
+    ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
+    done = int(ck["step"])
+    if done >= steps:
+        raise ValueError(f"the checkpoint is already at step {done}, which reaches steps={steps}; pass steps > {done} to train further")
+    mine = _plain(as_loss_config(loss_config))
+    if ck.get("loss_config") is not None and not _same(ck["loss_config"], mine):
+        raise ValueError(f"the checkpoint was trained with loss_config {ck['loss_config']} but this run asks for {mine}; "
+                         "resume with the same loss")
+    pv, theirs = pause_vocab_of(model), ck["pause_vocab"]
+    if (pv.vocab_size, pv.n_pauses) != (theirs["vocab_size"], theirs["n_pauses"]):
+        raise ValueError(f"the checkpoint's model has vocabulary {theirs['vocab_size']} and {theirs['n_pauses']} pauses, this model "
+                         f"{pv.vocab_size} and {pv.n_pauses} pauses; build the model as the checkpoint's run did")
+    cfg = getattr(model, "config", None)
+    if ck.get("model_config") is not None and is_dataclass(cfg):
+        diff = {k: (v, getattr(cfg, k, None)) for k, v in ck["model_config"].items() if not _same(v, getattr(cfg, k, None))}
+        if diff:
+            raise ValueError("the checkpoint's model differs from this one in " +
+                             ", ".join(f"{k} (checkpoint {a}, model {b})" for k, (a, b) in diff.items()))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in ck["model"].items()}:
+        raise ValueError("the checkpoint's weights do not fit this model (different parameter names or shapes)")
+    perm = (ck.get("sampler") or {}).get("perm")
+    if data is not None and perm is not None and len(perm) != as_splits(data).train.shape[0]:
+        raise ValueError(f"the checkpoint's run trained on {len(perm)} sequences, this data has {as_splits(data).train.shape[0]}; "
+                         "resume on the same data")
+    return ck
+
+
+def _nonfinite_message(what: str, step: int, lr: float, last_saved) -> str:
+    "Why training stopped on a NaN/inf, and what is left on disk."
+    kept = (f"the last checkpoint, of step {last_saved[0]}, is {str(last_saved[1])!r}" if last_saved else "no checkpoint was written")
+    return (f"non-finite {what} at step {step}: training stopped before this update and saved nothing from it ({kept}); "
+            f"lower the learning rate (lr={lr}) or check the data")
 
 # %% ../nbs/07_train.ipynb #c59a6498
 class History(list):
@@ -422,6 +572,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
           eval_batch_size: int | None = None, desc: str | None = None, meta: dict | None = None) -> History:
     "Train `model` on `data` with `loss_config` for `steps` optimizer steps (AdamW, warmup+cosine, clipping); return the `History`."
     cfg = as_loss_config(loss_config)
+    check_seed(seed)
     for v, name in ((steps, "steps"), (batch_size, "batch_size"), (grad_accum, "grad_accum"), (eval_every, "eval_every"),
                     (eval_batches, "eval_batches")):
         _check_int(v, name)
@@ -434,6 +585,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip!r}")
     if checkpoint_every is not None:
         _check_int(checkpoint_every, "checkpoint_every")
+    checkpoint_every = checkpoint_every or eval_every
     if isinstance(callbacks, Callable):
         callbacks = (callbacks,)
     sp = as_splits(data)
@@ -442,15 +594,18 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         raise ValueError(f"loss_config {cfg.name!r} uses no pauses but the model has n_pauses={pv.n_pauses}; build it with n_pauses=0")
     if pv.vocab_size != sp.vocab_size:
         raise ValueError(f"model vocabulary ({pv.vocab_size}) differs from the data's vocab_size ({sp.vocab_size})")
+    ckpt_path = check_writable(Path(checkpoint_dir) / "checkpoint.pt", "checkpoint") if checkpoint_dir is not None else None
+    if log_path is not None:
+        check_writable(log_path, "log_path")
     dev = pick_device(device)
+    ck = check_resumable(load_checkpoint(resume, map_location=dev), model, cfg, steps, sp) if resume is not None else None
     model.to(dev)
     torch.manual_seed(seed)
     sampler = BatchSampler(sp.train, batch_size, seed)
     opt = make_optimizer(model, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup, min_lr_ratio))
-    history, start = History(), 0
-    if resume is not None:
-        ck = load_checkpoint(resume, map_location=dev)
+    history, start, last_saved = History(), 0, None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -458,22 +613,27 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
-        start, history = int(ck["step"]), History(ck.get("history", []))
+        start, last_saved = int(ck["step"]), (int(ck["step"]), resume)
+        history = History(r for r in ck.get("history", []) if r["step"] <= start)
     fmodel = torch.compile(model) if compile else model
-    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    log_f = open(log_path, "a") if log_path is not None else None
+    log_f = open(log_path, "w") if log_path is not None else None  # this run's rows only: a resumed run starts from its checkpoint's
+    if log_f is not None:
+        log_f.writelines(json.dumps(r) + "\n" for r in history); log_f.flush()
     args = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                 grad_accum=grad_accum, seed=seed, min_lr_ratio=min_lr_ratio, data=sp.name, meta=meta or {})
 
     def save(step):
+        nonlocal last_saved
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg, sampler, history, extra={"train_args": args})
+            last_saved = (step, ckpt_path)
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc or f"train {cfg.name}", dynamic_ncols=True)
     t0, tokens = time.perf_counter() - (history[-1]["time"] if history else 0.0), (history[-1]["tokens"] if history else 0)
     params = [p for p in model.parameters() if p.requires_grad]
     step = start
+    signals = StopSignals().install() if ckpt_path is not None else None  # Ctrl-C / SIGTERM: finish the step, save, stop
     try:
         while step < steps:
             model.train()
@@ -484,15 +644,17 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
                     step_logits, stream = forward_steps(fmodel, x, pv)
                 loss = cfg(step_logits.float(), stream.targets, step_mask=stream.step_mask)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
+                    raise FloatingPointError(_nonfinite_message(f"loss ({loss.item()})", step + 1, lr, last_saved))
                 (loss / grad_accum).backward()
                 total += loss.item() / grad_accum
                 tokens += int((stream.targets != IGNORE_INDEX).sum())
-            gn = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else float("inf"))
+            gn = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else float("inf")))
+            if not math.isfinite(gn):
+                raise FloatingPointError(_nonfinite_message(f"gradient norm ({gn})", step + 1, lr, last_saved))
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             step += 1
             row = {"step": step, "loss": total, "lr": sched.get_last_lr()[0],
-                   "grad_norm": float(gn), "tokens": tokens, "time": time.perf_counter() - t0}
+                   "grad_norm": gn, "tokens": tokens, "time": time.perf_counter() - t0}
             if step % eval_every == 0 or step == steps:
                 ev = evaluate(model, sp, cfg, batch_size=eval_batch_size or batch_size, max_batches=eval_batches, amp=amp)
                 row.update({("val_pauses" if k == "mean_pauses" else f"val_{k}"): v for k, v in ev.items() if k != "n_tokens"})
@@ -504,11 +666,16 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
             if log_f is not None:
                 log_f.write(json.dumps(row) + "\n"); log_f.flush()
             stop = any([cb(row) == "stop" for cb in callbacks])
-            if ckpt_path is not None and (stop or step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+            interrupted = signals is not None and signals.received is not None
+            if ckpt_path is not None and (stop or interrupted or step == steps or step % checkpoint_every == 0):
                 save(step)
-            if stop:
+            if stop or interrupted:
                 break
+        if signals is not None and signals.received is not None:  # the last step done is checkpointed
+            raise TrainingInterrupted(signals.received, step, ckpt_path, history)
     finally:
+        if signals is not None:
+            signals.restore()
         bar.close()
         if log_f is not None:
             log_f.close()

@@ -132,3 +132,118 @@ def test_pretrain_caches_and_writes(tmp_path, capsys):
 def test_parser_defaults():
     a = build_parser().parse_args(["train"])
     assert (a.loss, a.task, a.pauses) == ("ap", "text", None)
+
+
+# ---------- reliability (issue 21) ----------
+import signal
+import time
+
+import torch
+
+from cyb_nb.train import load_checkpoint
+
+SMALL = ["--task", "modsum", "--seq-len", "16", "--n-seqs", "64", "--batch-size", "8", "--eval-batches", "1", "--no-progress"]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (Path(out) / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_a_checkpoint_and_the_run_resumes(tmp_path, sig):
+    "Ctrl-C / SIGTERM in a real `cyb-nb train` process: a checkpoint of the last step, a clear message, then a clean resume."
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cyb_nb.cli", "train", "--steps", "100000", "--eval-every", "100000",
+                             "--out", str(out), *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not ((out / "history.jsonl").exists() and len((out / "history.jsonl").read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig.value, err
+    assert f"{sig.name} received" in err and "--resume" in err and "Traceback" not in err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert step >= 3 and [r["step"] for r in _rows(out)][-1] == step
+    r = run_cli("train", "--steps", step + 2, "--eval-every", 100000, "--out", out, "--resume", out / "checkpoint.pt", *SMALL)
+    assert r.returncode == 0, r.stderr
+    assert [row["step"] for row in _rows(out)] == list(range(1, step + 3))
+
+
+def test_diverging_run_exits_2_and_saves_nothing(tmp_path, capsys):
+    "The issue's reproduction (--loss va --lr 1e6) used to exit 0 with NaN weights in checkpoint.pt."
+    out = tmp_path / "nan"
+    assert exit_code(["train", "--loss", "va", "--lr", "1e6", "--warmup", "0", "--steps", "15", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "error: non-finite" in err and "no checkpoint was written" in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_run_folder_rules(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--steps", "2", "--eval-every", "2", "--out", str(out), *SMALL]
+    assert exit_code(base) == 0
+    capsys.readouterr()
+    assert exit_code(base) == 2  # a second run into the same folder is refused ...
+    assert "not empty" in capsys.readouterr().err
+    assert exit_code(["train", "--steps", "2", "--resume", str(out / "checkpoint.pt"), "--out", str(tmp_path / "rs4"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "already at step 2" in err and not (tmp_path / "rs4").exists()  # ... so is resuming to a step already reached
+    assert exit_code(base + ["--overwrite"]) == 0  # ... unless asked for
+    assert [r["step"] for r in _rows(out)] == [1, 2]
+
+
+def test_output_path_problems_exit_2_before_training(tmp_path, capsys):
+    (tmp_path / "x" / "checkpoint.pt").mkdir(parents=True)
+    (tmp_path / "afile").write_text("x")
+    for out, msg in [(tmp_path / "x", "checkpoint.pt"), (tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "afile")]:
+        t0 = time.perf_counter()
+        assert exit_code(["train", "--steps", "100000", "--out", str(out), "--overwrite", *SMALL]) == 2, out
+        err = capsys.readouterr().err
+        assert "argument --out" in err and msg in err, err
+        assert time.perf_counter() - t0 < 30  # refused up front, not after 100000 steps
+    assert not (tmp_path / "x" / "history.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["train", "--pauses", "1000000"], "attention memory"),
+    (["train", "--pauses", "33"], "[0, 32]"),
+    (["train", "--seed", str(2**70)], "seed must be an int"),
+    (["train", "--seed", "x"], "expected an integer"),
+    (["train", "--n-seqs", str(10**9)], "n_train=1000000000"),
+    (["train", "--task", "modsum", "--batch-size", "64", "--n-seqs", "8"], "--batch-size"),
+    (["demo", "--seed", str(2**70)], "seed must be an int"),
+])
+def test_more_bad_options_exit_2(argv, msg, capsys, tmp_path):
+    assert exit_code(argv + (["--out", str(tmp_path / "o")] if argv[0] == "train" else [])) == 2
+    assert msg in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ap_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    assert main(["train", "--steps", "2", "--eval-every", "2", "--pauses", "2", "--out", str(out / "run"), *SMALL]) == 0
+    return out / "run" / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("change, msg", [
+    (["--loss", "va"], "used --loss ap, this command asks for --loss va"),
+    (["--pauses", "3"], "used --pauses 2, this command asks for --pauses 3"),
+    (["--size", "small"], "used --size tiny, this command asks for --size small"),
+    (["--task", "lookup"], "used --task modsum, this command asks for --task lookup"),
+    (["--seq-len", "24"], "used --seq-len 16, this command asks for --seq-len 24"),
+])
+def test_resume_with_other_options_exit_2(ap_checkpoint, change, msg, tmp_path, capsys):
+    argv = ["train", "--steps", "4", "--pauses", "2", "--resume", str(ap_checkpoint), "--out", str(tmp_path / "o"), *SMALL]
+    assert exit_code(argv + change) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_eval_on_a_task_with_another_vocabulary_exit_2(ap_checkpoint, capsys):
+    assert exit_code(["eval", str(ap_checkpoint), "--task", "text"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --task" in err and "'modsum'" in err

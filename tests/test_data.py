@@ -352,3 +352,30 @@ def test_mean_by_difficulty_matches_loop():
         assert abs(got[lab][0] - sum(xs) / len(xs)) < 1e-9
     with pytest.raises(ValueError, match="shape"):
         mean_by_difficulty(vals[:, :3], td.difficulty)
+
+
+def test_reliability_of_data_entry_points(tmp_path):
+    "Issue 21: errors name the file or argument; nothing is capped silently; build_corpus writes only where it is told."
+    from cyb_nb.data import build_corpus, check_seed, load_text, load_tokenizer, make_task
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_tokenizer(str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_tokenizer(str(tmp_path / "bad.json"))
+    n = load_text(64, "train").shape[0]
+    with pytest.raises(ValueError, match=f"n_train=1000000000 .* {n} "):
+        load_data("text", n_train=10**9)
+    with pytest.raises(ValueError, match=f"max_rows={n + 1} "):
+        load_text(64, "train", max_rows=n + 1)
+    assert load_data("text", n_train=n).train.shape[0] == n  # exactly all of them is fine
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63"):
+        make_task("modsum", 2, 16, seed=2**70)
+    assert check_seed(2**64 - 1) == 2**64 - 1 and check_seed(-2**63) == -2**63
+    src = tmp_path / "src"
+    (src / "tutorial").mkdir(parents=True)
+    (src / "tutorial" / "a.rst.txt").write_text("Some prose that is long enough to keep.\n")
+    with pytest.raises(ValueError, match="out is required"):
+        build_corpus(src, sections=("tutorial",))
+    (src / "tutorial" / "broken.rst.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
+    with pytest.raises(ValueError, match="broken.rst.txt"):
+        build_corpus(src, out=tmp_path / "out", sections=("tutorial",))

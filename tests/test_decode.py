@@ -281,3 +281,10 @@ def test_bad_args(model):
         pause_stats_by_token(ids_(), torch.zeros(3, 7), by="next")
     with pytest.raises(TypeError, match="V\\+1"):
         head_readout(torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [None, 0, 2.0, True])
+def test_stream_generate_needs_a_token_count(model, bad):
+    "Issue 21: max_new_tokens=None used to end in a TypeError deep inside the generator."
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+        next(stream_generate(model, [1, 2], max_new_tokens=bad))

@@ -355,3 +355,39 @@ def test_head_exact_in_every_regime():
     zg = z[:4].clone().nan_to_num(neginf=-60.0).requires_grad_()
     w = torch.randn(3, 4, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda q: sum((o * w[k]).sum() for k, o in enumerate(head_log_probs(q, x[:4]))), (zg,))
+
+
+@pytest.mark.parametrize("name", ["ap", "va", "dp", "tbys", "ce"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["every logit", "real column", "don't-know column", "token without a target",
+                                   "a step TBYS ignores"])
+def test_nan_or_inf_logits_give_a_nan_loss(name, bad, where):
+    "A NaN or +inf logit anywhere makes the loss NaN: a finite loss would hide weights that are already broken (issue 21)."
+    torch.manual_seed(10)
+    W = 1 if name == "ce" else 4
+    z = torch.randn(2, 3, W, 7)
+    t = torch.randint(0, 6, (2, 3))
+    t[1, 2] = IGN
+    if where == "every logit":
+        z[:] = bad
+    else:
+        b, k, step, col = {"real column": (0, 1, W - 1, 2), "don't-know column": (0, 1, W - 1, -1),
+                           "token without a target": (1, 2, 0, 0), "a step TBYS ignores": (0, 0, 0, 3)}[where]
+        z[b, k, step, col] = bad
+    z.requires_grad_()
+    loss, diag = LossConfig.from_name(name)(z, t, return_diagnostics=True)
+    assert torch.isnan(loss), (name, where, float(loss))
+    if where in ("every logit", "real column", "don't-know column"):
+        assert torch.isnan(diag["nll"][0, 1]), (name, where, diag["nll"])
+    if where != "every logit":
+        assert torch.isfinite(diag["nll"][0, 2]), (name, where, diag["nll"])  # other tokens keep their own values
+
+
+def test_minus_inf_logit_is_a_zero_probability_not_an_error():
+    "−inf on a real column that is not the target is a masked token (probability 0): the loss stays finite."
+    torch.manual_seed(11)
+    z = torch.randn(2, 3, 4, 7)
+    t = torch.randint(0, 5, (2, 3))
+    z[..., 5] = -float("inf")
+    for name in ("ap", "va", "dp", "tbys"):
+        assert torch.isfinite(LossConfig.from_name(name)(z, t)), name

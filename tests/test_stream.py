@@ -128,3 +128,15 @@ def test_sample_pause_counts_distribution():
 def test_errors_name_the_argument(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+def test_expand_refuses_ids_outside_the_vocabulary():
+    "Issue 21: with vocab_size=5, ids >= 5 or < 0 are not real tokens (they would be read as pause ids or wrap around)."
+    ids = torch.tensor([[0, 1, 4], [2, 3, 4]])
+    expand(ids, 2, vocab_size=5)  # in range: fine
+    with pytest.raises(ValueError, match=r"ids must be real-token ids in \[0, 5\), got range \[1, 5\]"):
+        expand(ids + 1, 2, vocab_size=5)
+    with pytest.raises(ValueError, match=r"got range \[-1, 4\]"):
+        expand(ids - (ids == 0).long(), 2, vocab_size=5)
+    with pytest.raises(ValueError, match="real-token ids"):
+        expand(-ids - 1, 2, pause_ids=(100, 101))  # negative ids are never tokens, vocab_size known or not

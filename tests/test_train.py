@@ -214,3 +214,202 @@ def test_cyb_trainer_runs_on_cpu(tmp_path):
     ev = tr.evaluate()
     assert abs(ev["eval_loss"] - evaluate(model, DATA[128:], "ap")["nll"]) < 1e-3
     assert not any(p.name.startswith("checkpoint") for p in tmp_path.iterdir())
+
+
+# ---------- reliability (issue 21): broken numbers, interrupts, run folders, resume checks ----------
+import signal
+import threading
+
+from cyb_nb.train import (StopSignals, TrainingInterrupted, check_resumable, check_writable, prepare_output_dir)
+
+
+def _crash_at(step):
+    "A callback that kills the run (like a crash) after `step` is logged."
+    def cb(row):
+        if row["step"] == step:
+            raise RuntimeError("crash")
+    return cb
+
+
+def test_nonfinite_loss_stops_without_saving(tmp_path):
+    broken = make_model(DATA, "ap", size=TINY, seed=0)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss.*no checkpoint was written"):
+        train(broken, DATA, "ap", steps=5, checkpoint_dir=tmp_path, log_path=tmp_path / "h.jsonl", **KW)
+    assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "h.jsonl").read_text() == ""
+
+
+def test_diverging_va_run_stops_instead_of_saving_nan_weights(tmp_path):
+    "The issue's reproduction: CYB-VA at lr 1e6 used to end with exit 0 and NaN weights in the checkpoint."
+    from cyb_nb.data import load_data
+    task = load_data("modsum", seq_len=16, n_train=64, seed=0)
+    model = make_model(task, "va", size=TINY, seed=0)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train(model, task, "va", steps=15, batch_size=16, lr=1e6, warmup=0, eval_every=50, progress=False,
+              checkpoint_dir=tmp_path, checkpoint_every=1)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")  # the last step that was still finite
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_nonfinite_gradient_norm_stops_before_the_update(tmp_path):
+    "A finite loss with an infinite gradient (here from a hook) stops at that step; the weights and the checkpoint stay finite."
+    model = make_model(DATA, "ap", size=TINY, seed=0)
+    p = next(model.parameters())
+    blow_up = {"on": False}
+    p.register_hook(lambda g: g * float("inf") if blow_up["on"] else g)
+    arm = lambda row: blow_up.update(on=row["step"] == 2)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient norm.* at step 3.*checkpoint, of step 2"):
+        train(model, DATA, "ap", steps=6, checkpoint_dir=tmp_path, checkpoint_every=2, callbacks=[arm], **KW)
+    assert torch.isfinite(p).all()
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_train_checkpoints_the_step_and_raises(tmp_path, sig):
+    before = signal.getsignal(sig)
+    press = lambda row: signal.raise_signal(sig) if row["step"] == 3 else None
+    with pytest.raises(TrainingInterrupted) as info:
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=50, checkpoint_dir=tmp_path, callbacks=[press], **KW)
+    stop = info.value
+    assert (stop.signal, stop.step, len(stop.history)) == (sig.name, 3, 3)
+    assert isinstance(stop, KeyboardInterrupt) and str(tmp_path / "checkpoint.pt") in str(stop)
+    assert load_checkpoint(stop.checkpoint)["step"] == 3
+    assert signal.getsignal(sig) is before  # the previous handler is back
+
+
+def test_second_signal_interrupts_at_once(tmp_path):
+    def press_twice(row):
+        if row["step"] == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=50, checkpoint_dir=tmp_path, callbacks=[press_twice], **KW)
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_with_checkpoints_runs_outside_the_main_thread(tmp_path):
+    "Signal handlers can only be installed in the main thread; elsewhere train runs without them."
+    out = {}
+    th = threading.Thread(target=lambda: out.update(h=train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=2,
+                                                            checkpoint_dir=tmp_path, **KW)))
+    th.start(); th.join()
+    assert len(out["h"]) == 2 and load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_stop_signals_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert signal.getsignal(signal.SIGTERM) != before
+        signal.raise_signal(signal.SIGTERM)
+    assert stop.received == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_default_checkpoint_every_is_eval_every(tmp_path):
+    with pytest.raises(RuntimeError, match="crash"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=20, checkpoint_dir=tmp_path,
+              callbacks=[_crash_at(7)], **{**KW, "eval_every": 3})
+    assert load_checkpoint(tmp_path)["step"] == 6
+
+
+def test_resume_cuts_the_log_back_to_the_checkpoint(tmp_path):
+    "A run that died after its last checkpoint left extra log rows; the resumed log holds every step exactly once."
+    log = tmp_path / "history.jsonl"
+    kw = dict(KW, eval_every=4)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(make_model(DATA, "ap", size=TINY, seed=4), DATA, "ap", steps=10, checkpoint_dir=tmp_path, checkpoint_every=2,
+              log_path=log, callbacks=[_crash_at(5)], **kw)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    h = train(make_model(DATA, "ap", size=TINY, seed=4), DATA, "ap", steps=10, checkpoint_dir=tmp_path,
+              resume=tmp_path / "checkpoint.pt", log_path=log, **kw)
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11)) == [r["step"] for r in h]
+    straight = train(make_model(DATA, "ap", size=TINY, seed=4), DATA, "ap", steps=10, **kw)
+    assert _losses(h) == _losses(straight)
+
+
+def test_fresh_run_starts_its_log_empty(tmp_path):
+    log = tmp_path / "history.jsonl"
+    log.write_text('{"step": 1, "loss": 99.0}\n{"step": 2, "loss": 99.0}\n')
+    h = train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=2, log_path=log, **KW)
+    assert [json.loads(x) for x in log.read_text().splitlines()] == list(h)
+
+
+def test_resume_checks(tmp_path):
+    m = make_model(DATA, "ap", size=TINY, seed=0)
+    train(m, DATA, "ap", steps=4, checkpoint_dir=tmp_path, **KW)
+    ck = tmp_path / "checkpoint.pt"
+    with pytest.raises(ValueError, match="already at step 4.*steps=4"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=4, resume=ck, **KW)
+    with pytest.raises(ValueError, match=r"already at step 4.*steps=3"):
+        check_resumable(ck, m, "ap", 3)
+    with pytest.raises(ValueError, match=r"'name': 'ap'.*'name': 'va'"):
+        train(make_model(DATA, "va", size=TINY), DATA, "va", steps=8, resume=ck, **KW)
+    with pytest.raises(ValueError, match="3 pauses.*2 pauses"):
+        train(make_model(DATA, "ap", n_pauses=2, size=TINY), DATA, "ap", steps=8, resume=ck, **KW)
+    with pytest.raises(ValueError, match="d_model"):
+        train(make_model(DATA, "ap", size=dict(TINY, d_model=16)), DATA, "ap", steps=8, resume=ck, **KW)
+    with pytest.raises(ValueError, match="144 sequences.*96"):
+        train(make_model(DATA, "ap", size=TINY), DATA[:96 + 11], "ap", steps=8, resume=ck, **KW)
+    check_resumable(ck, m, "ap", 8, DATA)  # the same run: fine
+
+
+def test_output_paths_are_checked_before_training(tmp_path):
+    seen = []
+    (tmp_path / "run" / "checkpoint.pt").mkdir(parents=True)
+    with pytest.raises(ValueError, match="checkpoint.pt.*is a folder"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=3, checkpoint_dir=tmp_path / "run", callbacks=[seen.append], **KW)
+    with pytest.raises(ValueError, match="log_path.*is a folder"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=3, log_path=tmp_path, callbacks=[seen.append], **KW)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=3, checkpoint_dir=tmp_path / "file", callbacks=[seen.append], **KW)
+    assert seen == []  # not a single step was trained
+    with pytest.raises(ValueError, match="cannot be created"):
+        check_writable(tmp_path / "file" / "sub" / "log.jsonl", "log_path")
+
+
+def test_prepare_output_dir(tmp_path):
+    run = prepare_output_dir(tmp_path / "new" / "run")
+    assert run.is_dir() and list(run.iterdir()) == []
+    for name in ("checkpoint.pt", "history.jsonl", "notes.txt"):
+        (run / name).write_text("old run")
+    with pytest.raises(ValueError, match="not empty.*checkpoint.pt, history.jsonl, notes.txt"):
+        prepare_output_dir(run)
+    assert prepare_output_dir(run, resume=run / "checkpoint.pt") == run and (run / "checkpoint.pt").exists()
+    prepare_output_dir(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only the run's own files are deleted
+    with pytest.raises(ValueError, match="is a file"):
+        prepare_output_dir(run / "notes.txt")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write into read-only folders")
+def test_prepare_output_dir_unwritable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be created or written"):
+            prepare_output_dir(ro)
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", make_model(DATA, "ap", size=TINY), step=1, loss_config="ap")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_seed_out_of_range_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64 - 1\]"):
+        make_model(DATA, "ap", size=TINY, seed=2**70)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=1, **{**KW, "seed": 2**70})
