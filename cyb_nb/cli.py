@@ -19,8 +19,10 @@ import torch
 
 from .data import check_seed
 from .losses import LossConfig
+from .models import grow_pause_model
 from .train import (MODEL_SIZES, BaseConfig, FinetuneConfig, TrainingInterrupted, as_loss_config, check_resumable,
-                          check_writable, evaluate, finetune, load_checkpoint, make_model, model_from_checkpoint, pause_vocab_of,
+                          check_writable, evaluate, finetune, load_base_model, load_checkpoint, make_model, model_from_checkpoint,
+                          pause_vocab_of,
                           prepare_output_dir, pretrained_base, train)
 
 
@@ -90,13 +92,15 @@ def _result(label: str, loss: str, model, ev: dict, wall: float, steps: int, n_p
 
 
 def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed: int = 0, device=None, progress: bool = True,
-             task: str = "text", regime: str = "finetune", corpus=None, tokenizer=None) -> list:
-    "The paper's comparison in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP fine-tuned from it; table + plots in `out`."
+             task: str = "text", regime: str = "finetune", corpus=None, tokenizer=None, base=None) -> list:
+    "The paper's comparison in miniature: one pretrained base (or yours, `base`), then CE continued, TBYS-3 and CYB-AP fine-tuned from it."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if base is not None and regime != "finetune":
+        raise ValueError("base applies to the 'finetune' regime only (from scratch there is no base)")
     conf = DEMO_QUICK if quick else DEMO_FULL
     base_cfg, ft = conf["base"], conf["finetune"]
     if steps is not None:
@@ -104,13 +108,19 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    base_tok = None
+    if base is not None:  # your own base: a base .pt or a 🤗 causal LM, whose tokenizer then reads the text
+        base, base_tok = load_base_model(base)
+        tokenizer = tokenizer if tokenizer is not None or base_tok is None else base_tok.name_or_path
     pre, data = regime_data(task, base_cfg.seq_len, corpus, tokenizer, seed)
     results, histories, cyb_pauses = [], {}, None
     if regime == "finetune":
         t0 = time.perf_counter()
-        base = pretrained_base(base_cfg, data=pre, progress=progress, device=device)
-        ev = evaluate(base, data, "ce", batch_size=64)
-        results.append(_result("pretrained base (no FT)", "base", base, ev, time.perf_counter() - t0, 0, 0))
+        if base is None:
+            base = pretrained_base(base_cfg, data=pre, progress=progress, device=device)
+        base0 = grow_pause_model(base, 0, tokenizer=base_tok)  # the base itself, read through the pause-model interface
+        ev = evaluate(base0, data, "ce", batch_size=64)
+        results.append(_result("pretrained base (no FT)", "base", base0, ev, time.perf_counter() - t0, 0, 0))
     for label, name in DEMO_RECIPES:
         loss = DEMO_LOSSES[name]
         k = 3 if loss.uses_pauses else 0
@@ -119,7 +129,7 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
                   meta={"task": task, "seq_len": base_cfg.seq_len, "seed": seed, "regime": regime})
         t0 = time.perf_counter()
         if regime == "finetune":
-            model, h = finetune(base, data, loss, ft, seed=seed, **kw)
+            model, h = finetune(base, data, loss, ft, seed=seed, tokenizer=base_tok, **kw)
         else:
             label = label.replace("continued", "from scratch")
             model = make_model(data, loss, n_pauses=k, size=base_cfg.size, seed=seed)
@@ -204,6 +214,23 @@ def _add_corpus_args(p: argparse.ArgumentParser):
     p.add_argument("--tokenizer", default=None, help="a tokenizer.json (or a 🤗 model folder holding one); default: the bundled BPE")
 
 
+def _add_base_arg(p: argparse.ArgumentParser):
+    "The --base option: fine-tune a grown base (the paper's regime) instead of training from scratch."
+    p.add_argument("--base", default=None, help="start from a pretrained no-pause base, grown into a pause model: 'default' (the "
+                   "package's), a base .pt (cyb-nb pretrain --out) or a transformers causal-LM folder (its tokenizer reads the text)")
+
+
+def _load_base_arg(a, p) -> tuple:
+    "(base, its 🤗 tokenizer or None, the tokenizer path for the text) from --base and --tokenizer; a bad --base is an argparse error."
+    if a.base is None:
+        return None, None, a.tokenizer
+    try:
+        base, tok = load_base_model(a.base)
+    except (ValueError, OSError) as err:
+        p.error(f"argument --base: {err}")
+    return base, tok, a.tokenizer if a.tokenizer is not None or tok is None else a.base
+
+
 def _cmd_pretrain(a, p):
     "Run `cyb-nb pretrain`."
     from cyb_nb.train import base_cache_dir, save_base
@@ -246,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finetune (default, the paper's): from one pretrained base; scratch: each recipe from random weights")
     d.add_argument("--task", default="text", help="'text' (bundled corpus, or --corpus) or a synthetic task: modsum, lookup")
     _add_corpus_args(d)
+    _add_base_arg(d)
     d.add_argument("--seed", type=_seed, default=0)
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -266,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", help="train one model and write a checkpoint")
     t.add_argument("--loss", choices=LOSSES, default="ap", help="loss variant (default: ap)")
-    t.add_argument("--task", default="text", help="'text' (bundled corpus) or a synthetic task: modsum, lookup")
+    t.add_argument("--task", default="text", help="'text' (bundled corpus, or --corpus) or a synthetic task: modsum, lookup")
+    _add_corpus_args(t)
+    _add_base_arg(t)
     t.add_argument("--steps", type=_positive_int, default=200)
     t.add_argument("--pauses", type=_pauses, default=None, help=f"pauses per real token, at most {MAX_PAUSES} (default: 3; ce: 0)")
     t.add_argument("--out", default="cyb_run", help="output folder for checkpoint.pt and history.jsonl; must be empty or new "
@@ -313,13 +343,23 @@ def _cmd_train(a, p):
         except (FileNotFoundError, ValueError) as err:
             p.error(f"argument --resume: {err}")
         _check_resume_options(a, ck, n_pauses, p)
+    base, base_tok, tokenizer = _load_base_arg(a, p)
+    own_half = base is not None and getattr(base, "base_info", {}).get("config", {}).get("train_split") == "pretrain"
+    split = "finetune" if own_half and a.task == "text" and a.corpus is None and a.tokenizer is None else "train"
     try:
-        data = load_task(a.task, seq_len=a.seq_len, n=a.n_seqs, seed=a.seed)
-    except ValueError as err:
-        p.error(f"argument --task/--seq-len/--n-seqs: {err}")
+        data = load_task(a.task, seq_len=a.seq_len, n=a.n_seqs, seed=a.seed, corpus=a.corpus, tokenizer=tokenizer, train_split=split)
+    except (ValueError, OSError) as err:
+        p.error(f"argument --task/--corpus/--tokenizer/--seq-len/--n-seqs: {err}")
     if a.batch_size > data.train.shape[0]:
         p.error(f"argument --batch-size: {a.batch_size} is more than the {data.train.shape[0]} training sequences")
-    model = make_model(data, a.loss, n_pauses=n_pauses, size=a.size, seed=a.seed)
+    if base is None:
+        model = make_model(data, a.loss, n_pauses=n_pauses, size=a.size, seed=a.seed)
+    else:
+        V = len(base_tok) if base_tok is not None else pause_vocab_of(base).vocab_size
+        if V != data.vocab_size:
+            p.error(f"argument --base: the base has a vocabulary of {V} tokens, the data one of {data.vocab_size}; tokenize the "
+                    "text with the base's tokenizer (--tokenizer)")
+        model = grow_pause_model(base, n_pauses, seed=a.seed, tokenizer=base_tok)
     if ck is not None:
         try:
             check_resumable(ck, model, a.loss, a.steps, data)
@@ -334,11 +374,14 @@ def _cmd_train(a, p):
                   warmup=a.warmup if a.warmup is not None else max(1, a.steps // 10), grad_accum=a.grad_accum,
                   eval_every=min(a.eval_every, a.steps), eval_batches=a.eval_batches, device=a.device, seed=a.seed,
                   checkpoint_dir=out, checkpoint_every=a.checkpoint_every, resume=a.resume, log_path=out / "history.jsonl",
-                  progress=not a.no_progress, meta={"task": a.task, "seq_len": a.seq_len, "n_seqs": a.n_seqs, "seed": a.seed})
+                  progress=not a.no_progress, meta={"task": a.task, "seq_len": a.seq_len, "n_seqs": a.n_seqs, "seed": a.seed,
+                                                    "base": a.base, "corpus": a.corpus, "tokenizer": a.tokenizer, "train_split": split})
     except TrainingInterrupted as stop:
         return _interrupted(stop, f"Continue with the same command plus --resume {stop.checkpoint}.")
     except FloatingPointError as err:
         _fail(p, str(err))
+    if hasattr(model, "save_pretrained"):  # a grown 🤗 model: also a folder PauseLM.from_pretrained reads
+        model.save_pretrained(out / "model")
     f = h.final
     print(f"step {f.get('step')}: val NLL {f.get('val_nll', float('nan')):.4f} nats = {f.get('val_bits', float('nan')):.4f} bits "
           f"per real token, mean pauses {f.get('val_pauses', float('nan')):.2f}; checkpoint {out / 'checkpoint.pt'}")
@@ -351,9 +394,10 @@ def _check_resume_options(a, ck: dict, n_pauses: int, p):
     mc = ck.get("model_config") or {}
     size = next((name for name, kw in MODEL_SIZES.items() if all(mc.get(k) == v for k, v in kw.items())), "a custom size")
     theirs = {"--loss": (ck.get("loss_config") or {}).get("name", a.loss), "--pauses": ck["pause_vocab"]["n_pauses"],
-              "--size": size if mc else a.size, **{f"--{k.replace('_', '-')}": meta[k] for k in ("task", "seq_len", "n_seqs", "seed") if k in meta}}
+              "--size": size if mc and not meta.get("base") else a.size, **{f"--{k.replace('_', '-')}": meta[k] for k in ("task", "seq_len", "n_seqs", "seed", "base", "corpus", "tokenizer")
+                 if k in meta}}
     mine = {"--loss": a.loss, "--pauses": n_pauses, "--size": a.size, "--task": a.task, "--seq-len": a.seq_len,
-            "--n-seqs": a.n_seqs, "--seed": a.seed}
+            "--n-seqs": a.n_seqs, "--seed": a.seed, "--base": a.base, "--corpus": a.corpus, "--tokenizer": a.tokenizer}
     for flag, value in theirs.items():
         if mine[flag] != value:
             p.error(f"argument {flag}: the run being resumed used {flag} {value}, this command asks for {flag} {mine[flag]}; "
@@ -407,8 +451,11 @@ def main(argv: list | None = None) -> int:
     if a.command == "demo":
         if a.task not in task_names():
             p.error(f"argument --task: unknown task {a.task!r} (choose from {', '.join(task_names())})")
+        if a.base is not None and a.regime != "finetune":
+            p.error("argument --base: a base applies to --regime finetune only")
+        _, _, tokenizer = _load_base_arg(a, p)
         try:
-            regime_data(a.task, (DEMO_QUICK if a.quick else DEMO_FULL)["base"].seq_len, a.corpus, a.tokenizer, a.seed)
+            regime_data(a.task, (DEMO_QUICK if a.quick else DEMO_FULL)["base"].seq_len, a.corpus, tokenizer, a.seed)
         except (ValueError, TypeError, OSError) as err:
             p.error(f"argument --corpus/--tokenizer: {err}")
         try:
@@ -417,7 +464,7 @@ def main(argv: list | None = None) -> int:
             p.error(f"argument --out: {err}")
         try:
             run_demo(a.out, steps=a.steps, quick=a.quick, seed=a.seed, device=a.device, progress=not a.no_progress, task=a.task,
-                     regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer)
+                     regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer, base=a.base)
         except TrainingInterrupted as stop:
             return _interrupted(stop, "The demo does not resume; run it again to start over.")
         except FloatingPointError as err:

@@ -467,8 +467,10 @@ class PauseLM(nn.Module):
         if attention_mask is None:  # explicit, or transformers reads repeated position ids as packed sequences (see below)
             past = cache.get_seq_length() if cache is not None else 0
             attention_mask = torch.ones(x.shape[0], past + x.shape[1], dtype=torch.long, device=x.device)
+        # transformers >= 5 names the cache argument `cache` (`past_key_values` is deprecated there); older versions only know the latter
+        cache_kw = {("cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"): cache} if cache is not None else {}
         out = self.lm(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
-                      past_key_values=cache, use_cache=cache is not None)
+                      use_cache=cache is not None, **cache_kw)
         return self.head_logits(out.logits)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import check_seed
 from .losses import LossConfig
-from .models import TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
+from .models import PauseLM, TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
@@ -31,7 +31,7 @@ __all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'STATE_BYTES_PER_PAR
            'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'History', 'cosine_schedule',
            'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
            'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
-           'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune']
+           'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune', 'load_base_model']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -1001,13 +1001,34 @@ class FinetuneConfig:
 
 
 def finetune(base: nn.Module, data, loss_config="ap", config: FinetuneConfig | None = None, n_pauses: int | None = None,
-             seed: int = 0, copy_rows=None, **train_kwargs) -> tuple:
-    "Grow `base` with the pauses `loss_config` implies (or `n_pauses`) and fine-tune it on `data`; return `(model, history)`."
+             seed: int = 0, copy_rows=None, tokenizer=None, **train_kwargs) -> tuple:
+    "Grow `base` (TinyGPT, or a 🤗 causal LM with its `tokenizer`) with the pauses `loss_config` implies (or `n_pauses`), fine-tune it on `data`."
     config = config or FinetuneConfig()
     cfg = as_loss_config(loss_config)
     k = pauses_for(cfg) if n_pauses is None else n_pauses
-    model = grow_pause_model(base, k, init=config.pause_init, copy_rows=copy_rows, noise=config.init_noise, seed=seed)
+    model = grow_pause_model(base, k, init=config.pause_init, copy_rows=copy_rows, noise=config.init_noise, seed=seed,
+                             tokenizer=tokenizer)
     kw = dict(steps=config.steps, batch_size=config.batch_size, lr=config.lr_for(cfg), warmup=config.warmup,
               weight_decay=config.weight_decay, min_lr_ratio=config.min_lr_ratio, seed=seed)
     kw.update(train_kwargs)
     return model, train(model, data, cfg, **kw)
+
+
+def load_base_model(spec=None) -> tuple:
+    "A no-pause base to grow, as `(model, tokenizer)`: None/'default' (the shipped base), a base `.pt` from `save_base`, or a 🤗 causal-LM folder."
+    if spec is None or spec == "default":
+        return pretrained_base(log=None), None
+    path = Path(spec)
+    if path.is_file():
+        return load_base(path), None
+    if path.is_dir() and (path / "config.json").is_file():
+        from cyb_nb.models import SETTINGS_FILE
+        if (path / SETTINGS_FILE).exists():
+            raise ValueError(f"{str(path)!r} is a saved PauseLM, which already has pauses; a base is a model without them")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{str(path)!r} is not a transformers causal LM with its tokenizer ({type(e).__name__}: {e})") from None
+    raise ValueError(f"base {str(spec)!r} is neither 'default', a base checkpoint file (cyb-nb pretrain --out) nor a transformers "
+                     "model folder (with config.json)")

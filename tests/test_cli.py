@@ -247,3 +247,63 @@ def test_eval_on_a_task_with_another_vocabulary_exit_2(ap_checkpoint, capsys):
     assert exit_code(["eval", str(ap_checkpoint), "--task", "text"]) == 2
     err = capsys.readouterr().err
     assert "argument --task" in err and "'modsum'" in err
+
+
+@pytest.fixture(scope="module")
+def hf_base(tmp_path_factory):
+    "A tiny GPT-2 and its tokenizer saved as a transformers folder: a user's own base."
+    from cyb_nb.models import tiny_hf_lm
+    d = tmp_path_factory.mktemp("hf_base")
+    words = "the cat sat on a mat and dog ran to big red house it was . pauses help tokens".split()
+    lm, tok = tiny_hf_lm("gpt2", words=words, d_model=16, n_layers=1, n_heads=2)
+    lm.save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+
+def test_train_grows_the_default_base(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert exit_code(["train", "--base", "default", "--loss", "ap", "--steps", "2", "--batch-size", "4", "--n-seqs", "8",
+                      "--eval-every", "2", "--eval-batches", "1", "--out", str(out), "--no-progress"]) == 0
+    from cyb_nb.train import load_checkpoint, pretrained_base
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["extra"]["train_args"]["meta"]["train_split"] == "finetune"  # the base's other half
+    assert ck["pause_vocab"]["n_pauses"] == 3
+    base = pretrained_base(log=None)
+    assert ck["model"]["tok_emb.weight"].shape[0] == base.tok_emb.weight.shape[0] + 3
+
+
+def test_train_grows_a_transformers_base_on_your_text(tmp_path, hf_base):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n".join("the cat sat on a mat and the dog ran to the big red house ." for _ in range(300)))
+    out = tmp_path / "run"
+    r = run_cli("train", "--base", hf_base, "--corpus", corpus, "--loss", "ap", "--pauses", "2", "--steps", "2", "--seq-len", "8",
+                "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    from cyb_nb.models import PauseLM
+    grown = PauseLM.from_pretrained(out / "model")
+    assert grown.pause_vocab.n_pauses == 2
+
+
+def test_bad_bases_exit_2(tmp_path, hf_base, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    from cyb_nb.models import PauseLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    PauseLM(AutoModelForCausalLM.from_pretrained(hf_base), AutoTokenizer.from_pretrained(hf_base), 1).save_pretrained(tmp_path / "plm")
+    cases = [(["train", "--base", str(bad)], "corrupt"), (["train", "--base", str(tmp_path / "missing")], "neither 'default'"),
+             (["train", "--base", str(tmp_path / "plm")], "already has pauses"),
+             (["train", "--base", "default", "--tokenizer", str(hf_base)], "vocabulary"),
+             (["demo", "--base", "default", "--regime", "scratch"], "--regime finetune")]
+    for argv, msg in cases:
+        assert exit_code(argv + ["--out", str(tmp_path / "o"), "--steps", "1"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "--base" in err and msg in err, err
+
+
+def test_demo_from_a_transformers_base(tmp_path, hf_base, capsys):
+    from cyb_nb.cli import run_demo
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n".join("the cat sat on a mat and the dog ran to the big red house ." for _ in range(300)))
+    res = run_demo(tmp_path / "demo", steps=1, quick=True, progress=False, corpus=corpus, base=hf_base)
+    assert [r["loss"] for r in res] == ["base", "ce", "tbys", "ap"]
+    assert abs(res[1]["nll"] - res[0]["nll"]) < 0.5  # continued from the user's base, not a fresh model
