@@ -5,19 +5,21 @@
 * "pauses as context only": 3 pauses in the stream, but ω = 1:0:0:0 forces every answer at the real token, so the loss is plain CE at
   step 0 while later tokens can still attend to the pauses (the same forward positions as CYB-AP: a compute-matched CE);
 
-and read every pause model out several ways on the validation split (`cyb_nb.experiments.readout_parts`): its own rule (CYB's mixture
+and, with seed 0 only, CE and TBYS-3 fine-tuned four times as long (8 epochs) with their validation NLL every 500 steps — does
+TBYS's gap to CE close with training? — and read every pause model out several ways on the validation split (`cyb_nb.experiments.readout_parts`): its own rule (CYB's mixture
 over steps), each step alone, the best step per token (an oracle), and the same weights with no pauses in the context at all.
 Writes a JSON document (resumable per run); chapter 10 reads it.
 
-    python benchmarks/regime_parts.py                 # 3 seeds, ~30 CPU-minutes
+    python benchmarks/regime_parts.py                 # 3 seeds + the long curves, ~40 CPU-minutes
     python benchmarks/regime_parts.py --quick --out /tmp/parts.json   # seconds: exercises the code
 """
 import argparse
 import json
+import math
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +37,13 @@ VARIANTS = {  # name -> (label, loss, pauses)
     "ap": ("CYB-AP, 3 pauses", LossConfig("ap", omega=(0, 0, 0, 1)), 3),
     "ctx": ("pauses as context only (CE at step 0)", LossConfig("ap", omega=(1, 0, 0, 0)), 3),
 }
+
+
+def _save(out: Path, doc: dict):
+    "Write the document atomically."
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)
 
 
 def main(argv=None):
@@ -60,6 +69,20 @@ def main(argv=None):
                variants={k: {"label": v[0], "loss": asdict(v[1]), "pauses": v[2]} for k, v in VARIANTS.items()},
                env={"torch": torch.__version__, "python": platform.python_version(), "threads": 1})
     doc["base_eval"] = {k: v for k, v in evaluate(base, data, "ce", batch_size=64).items() if k in ("nll", "ppl")}
+    long_ft = replace(ft, steps=4 * ft.steps)
+    doc["long"] = {"finetune": asdict(long_ft), "eval_every": long_ft.steps // 12}
+    for name in ("ce", "tbys"):
+        key = f"long/{name}/s0"
+        if key in doc["results"]:
+            continue
+        t0 = time.perf_counter()
+        label, loss, k = VARIANTS[name]
+        _, hist = finetune(base, data, loss, long_ft, n_pauses=k, seed=0, eval_every=long_ft.steps // 12, eval_batches=1000,
+                           progress=False)
+        doc["results"][key] = {"variant": name, "seed": 0, "curve": [{"step": r["step"], "val_nll": r["val_nll"]} for r in hist.evals],
+                               "seconds": time.perf_counter() - t0}
+        _save(out, doc)
+        print(f"{key}: final val ppl {math.exp(hist.evals[-1]['val_nll']):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for seed in seeds:
         for name, (label, loss, k) in VARIANTS.items():
             key = f"{name}/s{seed}"
@@ -73,9 +96,7 @@ def main(argv=None):
                 row["readouts"] = readout_parts(model, data.val, loss)
             row["seconds"] = time.perf_counter() - t0
             doc["results"][key] = row
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, out)
+            _save(out, doc)
             print(f"{key}: ppl {row['ppl']:.3f}, pauses {row['mean_pauses']:.2f} ({row['seconds']:.0f} s)", flush=True)
     return doc
 
