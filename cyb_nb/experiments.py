@@ -33,7 +33,7 @@ __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICUL
            'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
            'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
            'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
-           'regime_sweep_rows', 'regime_seed_rows', 'parts_rows', 'plot_parts', 'pattern_checks',
+           'regime_sweep_rows', 'regime_seed_rows', 'parts_rows', 'plot_parts', 'plot_long_curves', 'pattern_checks',
            'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots']
 
 # %% ../nbs/10_experiments.ipynb #da1fe49f
@@ -666,6 +666,21 @@ def plot_parts(doc: dict, ax=None):
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("validation perplexity vs CE continued (%), mean ± sd over seeds")
     ax.set_title("Where does CYB-AP's gain come from? (blue: trained variants, orange: readouts of CYB-AP)", fontsize=9)
+    return ax
+
+# %% ../nbs/10_experiments.ipynb #5c8bdaad
+def plot_long_curves(doc: dict, ax=None):
+    "Validation perplexity against fine-tuning steps for the long CE and TBYS-3 runs of `benchmarks/regime_parts.py`."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for key, r in sorted(doc["results"].items()):
+        if key.startswith("long/"):
+            ax.plot([p["step"] for p in r["curve"]], [math.exp(p["val_nll"]) for p in r["curve"]], "o-", ms=3,
+                    label=doc["variants"][r["variant"]]["label"])
+    if "base_eval" in doc:
+        ax.axhline(doc["base_eval"]["ppl"], color="grey", ls=":", label="pretrained base")
+    ax.set_xlabel("fine-tuning steps (4 rows each)"); ax.set_ylabel("validation perplexity"); ax.set_yscale("log")
+    ax.set_title("Does TBYS catch up with CE if it trains longer?", fontsize=9); ax.legend(fontsize=8)
     return ax
 
 # %% ../nbs/10_experiments.ipynb #68ac0750
