@@ -35,7 +35,7 @@ setuptools.setup(
     python_requires=">=" + cfg["min_python"],
     packages=setuptools.find_packages(include=["cyb_nb", "cyb_nb.*"]),
     include_package_data=True,
-    package_data={"cyb_nb": ["data/*"]},
+    package_data={"cyb_nb": ["assets/*"]},
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split()},
     entry_points={

@@ -22,9 +22,9 @@ from .stream import IGNORE_INDEX
 # %% auto #0
 __all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DOC_SEPARATORS', 'TEXT_SPLITS', 'CORPUS_SUFFIXES',
            'DATA_NAMES', 'TaskData', 'check_seed', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty',
-           'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'data_path',
+           'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'asset_path',
            'load_tokenizer', 'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack',
-           'load_text', 'read_text_file', 'read_corpus', 'text_rows', 'batches', 'DataBundle', 'load_data',
+           'load_text', 'read_text_file', 'read_corpus', 'text_rows', 'BatchSampler', 'DataBundle', 'load_data',
            'regime_splits']
 
 # %% ../nbs/06_data.ipynb #c9217715
@@ -306,7 +306,7 @@ def build_corpus(src: str | Path = "/usr/share/doc/python3.11/html/_sources", ou
         raise ValueError(f"src must be the _sources folder of the Python docs (apt-get install python3.11-doc), not found: {src}")
     if out is None:
         raise ValueError("out is required: the folder to write pydocs.jsonl.gz and tokenizer.json to "
-                         "(out=data_path() replaces the copy bundled with the installed package)")
+                         "(out=asset_path() replaces the copy bundled with the installed package)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     docs = []
@@ -379,9 +379,9 @@ class TextTokenizer:
         return f"TextTokenizer(vocab_size={self.vocab_size})"
 
 
-def data_path(name: str = "") -> Path:
-    "Path of a file bundled in `cyb_nb/data` (the folder itself for `name=''`)."
-    p = Path(str(resources.files("cyb_nb") / "data")) / name
+def asset_path(name: str = "") -> Path:
+    "Path of a file bundled in `cyb_nb/assets` (the folder itself for `name=''`)."
+    p = Path(str(resources.files("cyb_nb") / "assets")) / name
     if name and not p.exists():
         raise ValueError(f"bundled data file {name!r} not found in {p.parent}; is the package installed with its data?")
     return p
@@ -392,7 +392,7 @@ def load_tokenizer(path: str | None = None) -> TextTokenizer:
     "The bundled byte-level BPE tokenizer (vocabulary 1024), or one saved at `path` (a `tokenizer.json`, or a folder holding one, as 🤗 saves)."
     from tokenizers import Tokenizer
 
-    path = Path(path) if path is not None else data_path("tokenizer.json")
+    path = Path(path) if path is not None else asset_path("tokenizer.json")
     if path.is_dir():  # a 🤗 model folder
         path = path / "tokenizer.json"
     if not path.is_file():
@@ -410,7 +410,7 @@ _VAL_EVERY = 10  # every 10th block is validation
 @lru_cache(maxsize=1)
 def load_corpus() -> tuple:
     "The bundled documents as a tuple of `(id, text)` pairs (paragraphs separated by newlines)."
-    with gzip.open(data_path("pydocs.jsonl.gz"), "rt", encoding="utf-8") as fh:
+    with gzip.open(asset_path("pydocs.jsonl.gz"), "rt", encoding="utf-8") as fh:
         return tuple((d["id"], d["text"]) for d in map(json.loads, fh))
 
 
@@ -564,24 +564,36 @@ def text_rows(texts: Sequence[str], tokenizer, seq_len: int, split: str = "train
     return _first_rows(pack(encode_blocks(blocks_of_split(texts, split), tokenizer), seq_len), max_rows, "max_rows", split)
 
 # %% ../nbs/06_data.ipynb #5c161097
-def batches(ids: torch.Tensor, batch_size: int, seed: int = 0, device=None, epochs: int | None = None,
-            start: int = 0) -> Iterator[torch.Tensor]:
-    "Shuffled batches `[batch_size, T]` of the rows of `ids`, epoch after epoch (forever if `epochs` is None); deterministic for a seed."
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
-        raise ValueError(f"ids must be a tensor of shape [N, T], got {type(ids).__name__} {tuple(getattr(ids, 'shape', ()))}")
-    if not _is_int(batch_size) or not 1 <= batch_size <= ids.shape[0]:
-        raise ValueError(f"batch_size must be an int in [1, N={ids.shape[0]}], got {batch_size!r}")
-    if epochs is not None and (not _is_int(epochs) or epochs < 1):
-        raise ValueError(f"epochs must be None or an int >= 1, got {epochs!r}")
-    if not _is_int(start) or start < 0:
-        raise ValueError(f"start must be an int >= 0 (batches to skip), got {start!r}")
-    per_epoch = ids.shape[0] // batch_size
-    epoch, skip = divmod(start, per_epoch)
-    while epochs is None or epoch < epochs:
-        perm = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        for i in range(skip, per_epoch):
-            yield ids[perm[i * batch_size : (i + 1) * batch_size]].to(device)
-        epoch, skip = epoch + 1, 0
+class BatchSampler:
+    "Seeded sampler of `[batch_size, T]` training batches: shuffled epochs without replacement; its state resumes exactly."
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seed: int = 0):
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.ndim != 2 or ids.shape[0] < 1:
+            raise ValueError(f"ids must be an integer tensor of shape [N, T] with N >= 1, got {getattr(ids, 'dtype', type(ids).__name__)} "
+                             f"{tuple(getattr(ids, 'shape', ()))}")
+        self.ids = ids
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= ids.shape[0]:
+            raise ValueError(f"batch_size must be an int in [1, {ids.shape[0]}] (the number of training sequences), got {batch_size!r}")
+        self.batch_size, self.gen = batch_size, torch.Generator().manual_seed(int(seed))
+        self.perm, self.pos, self.epoch = None, 0, 0
+
+    def next(self) -> torch.Tensor:
+        "The next batch of sequences."
+        if self.perm is None or self.pos + self.batch_size > len(self.perm):
+            self.perm, self.pos = torch.randperm(self.ids.shape[0], generator=self.gen), 0
+            self.epoch += 1
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.ids[idx]
+
+    def state_dict(self) -> dict:
+        "Generator state, current permutation and position."
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict):
+        "Restore a `state_dict`."
+        self.gen.set_state(state["gen"])
+        self.perm, self.pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])
 
 # %% ../nbs/06_data.ipynb #d3b8355c
 @dataclass

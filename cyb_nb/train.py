@@ -20,14 +20,15 @@ import torch
 from torch import nn
 
 from .data import check_seed
+from .data import BatchSampler
 from .losses import LossConfig
 from .models import PauseLM, TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
 
 # %% auto #0
 __all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR',
-           'Splits', 'as_splits', 'BatchSampler', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of',
-           'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
+           'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device',
+           'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
            'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'History', 'cosine_schedule',
            'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
            'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
@@ -103,34 +104,6 @@ def as_splits(data, val_fraction: float = 0.1) -> Splits:
     vd = diff[-n_val:] if isinstance(diff, torch.Tensor) and diff.shape == ids.shape else None
     return Splits(ids[:-n_val], ids[-n_val:], _vocab_size_of(data, ids), vd, get("tokenizer"), name)
 
-
-class BatchSampler:
-    "Seeded sampler of `[batch_size, T]` training batches: shuffled epochs without replacement; its state resumes exactly."
-
-    def __init__(self, ids: torch.Tensor, batch_size: int, seed: int = 0):
-        self.ids = _check_seqs(ids, "ids")
-        if not isinstance(batch_size, int) or not 1 <= batch_size <= ids.shape[0]:
-            raise ValueError(f"batch_size must be an int in [1, {ids.shape[0]}] (the number of training sequences), got {batch_size!r}")
-        self.batch_size, self.gen = batch_size, torch.Generator().manual_seed(int(seed))
-        self.perm, self.pos, self.epoch = None, 0, 0
-
-    def next(self) -> torch.Tensor:
-        "The next batch of sequences."
-        if self.perm is None or self.pos + self.batch_size > len(self.perm):
-            self.perm, self.pos = torch.randperm(self.ids.shape[0], generator=self.gen), 0
-            self.epoch += 1
-        idx = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return self.ids[idx]
-
-    def state_dict(self) -> dict:
-        "Generator state, current permutation and position."
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict):
-        "Restore a `state_dict`."
-        self.gen.set_state(state["gen"])
-        self.perm, self.pos, self.epoch = state["perm"], int(state["pos"]), int(state["epoch"])
 
 # %% ../nbs/07_train.ipynb #1460bb10
 MODEL_SIZES = {
@@ -953,13 +926,13 @@ def load_base(path, key: str | None = None) -> TinyGPT:
 def pretrained_base(config: BaseConfig | None = None, data=None, cache_dir=None, progress: bool = True, device=None,
                     refresh: bool = False, log: Callable | None = print) -> TinyGPT:
     "The CE-pretrained base for `config`: the one shipped with the package, else the cached one, else pretrained now and cached."
-    from cyb_nb.data import data_path
+    from cyb_nb.data import asset_path
     config = config or BaseConfig()
     data = base_data(config) if data is None else data
     key = base_key(config, data)
     name = f"base-{key}.pt"
     cache = base_cache_dir(cache_dir) / name
-    for path in ([] if refresh else [data_path() / name, cache]):
+    for path in ([] if refresh else [asset_path() / name, cache]):
         if path.is_file():
             try:
                 return load_base(path, key)

@@ -1,5 +1,5 @@
 """Data tests: task determinism, difficulty labels against brute-force re-derivation, corpus packing and splits,
-bundled files, batches, load_data and error cases.
+bundled files, BatchSampler, load_data and error cases.
 
 The references parse the generated sequences through their printable symbols (itos) with plain Python loops,
 independently of how cyb_nb.data builds them.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyb_nb.data import (DATA_NAMES, EASY, RANDOM, TASKS, DataBundle, batches, corpus_split, load_corpus, load_data,
+from cyb_nb.data import (DATA_NAMES, EASY, RANDOM, TASKS, DataBundle, BatchSampler, corpus_split, load_corpus, load_data,
                          load_text, load_tokenizer, make_task, mean_by_difficulty, pack, rst_to_text, token_stream)
 from cyb_nb.stream import IGNORE_INDEX, next_token_targets
 
@@ -179,7 +179,7 @@ def test_task_errors():
 
 # ---------------------------------------------------------------- bundled files and corpus
 def test_bundled_files_present_via_importlib_resources():
-    root = resources.files("cyb_nb") / "data"
+    root = resources.files("cyb_nb") / "assets"
     for name in ("pydocs.jsonl.gz", "tokenizer.json", "pydocs.LICENSE.txt"):
         assert (root / name).is_file(), name
     lic = (root / "pydocs.LICENSE.txt").read_text()
@@ -206,7 +206,7 @@ def test_installed_wheel_ships_and_loads_data(tmp_path):
     wheel = next((tmp_path / "whl").glob("*.whl"))
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    for f in ("cyb_nb/data/pydocs.jsonl.gz", "cyb_nb/data/tokenizer.json", "cyb_nb/data/pydocs.LICENSE.txt"):
+    for f in ("cyb_nb/assets/pydocs.jsonl.gz", "cyb_nb/assets/tokenizer.json", "cyb_nb/assets/pydocs.LICENSE.txt"):
         assert f in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)  # a wheel is a zip laid out like site-packages
@@ -235,7 +235,7 @@ def test_tokenizer_round_trips():
 
 def test_stream_is_doc_token_plus_blocks_and_packing_round_trips():
     from tokenizers import Tokenizer
-    raw = Tokenizer.from_file(str(resources.files("cyb_nb") / "data" / "tokenizer.json"))  # independent of the wrapper
+    raw = Tokenizer.from_file(str(resources.files("cyb_nb") / "assets" / "tokenizer.json"))  # independent of the wrapper
     for split in ("train", "val"):
         expected = []
         for block in corpus_split(split):
@@ -287,26 +287,27 @@ def test_rst_to_text_strips_markup_and_code():
 
 
 # ---------------------------------------------------------------- batches and load_data
-def test_batches_deterministic_epochs_and_resume():
+def test_batch_sampler_deterministic_epochs_and_resume():
     x = torch.arange(30).reshape(15, 2)
-    a = list(batches(x, 4, seed=5, epochs=3))
-    b = list(batches(x, 4, seed=5, epochs=3))
-    c = list(batches(x, 4, seed=6, epochs=3))
+    draw = lambda seed, n: [s.next() for s in [BatchSampler(x, 4, seed=seed)] for _ in range(n)]
+    a, b, c = draw(5, 9), draw(5, 9), draw(6, 9)
     assert len(a) == 9 and all(t.shape == (4, 2) for t in a)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
     for e in range(3):  # within an epoch no row repeats
         rows = torch.cat(a[3 * e : 3 * e + 3])[:, 0].tolist()
         assert len(set(rows)) == 12
-    assert [u.tolist() for u in list(batches(x, 4, seed=5, epochs=3, start=4))] == [u.tolist() for u in a[4:]]
-    it = batches(x, 4, seed=5)  # endless
-    assert len([next(it) for _ in range(20)]) == 20
+    s = BatchSampler(x, 4, seed=5)
+    [s.next() for _ in range(4)]
+    r = BatchSampler(x, 4, seed=0)
+    r.load_state_dict(s.state_dict())
+    assert [r.next().tolist() for _ in range(5)] == [u.tolist() for u in a[4:]]
     with pytest.raises(ValueError, match="batch_size"):
-        next(batches(x, 16))
+        BatchSampler(x, 16)
     with pytest.raises(ValueError, match="ids"):
-        next(batches(x[0], 1))
-    with pytest.raises(ValueError, match="epochs"):
-        next(batches(x, 2, epochs=0))
+        BatchSampler(x[0], 1)
+    with pytest.raises(ValueError, match="ids"):
+        BatchSampler(x.float(), 2)
 
 
 @pytest.mark.parametrize("name", DATA_NAMES)
