@@ -596,13 +596,13 @@ def regime_sweep_rows(doc: dict, axis: str) -> list:
     for v in doc["axes"][axis]:
         x = dict(at, **{axis: v})
         ppl = {}
-        for r in ("ce", "tbys", "ap"):
+        for r in ("ce",) + tuple(x for x in ("tbys", "ap") if x in doc["axis_recipes"][axis]):  # recipes this axis varies, CE for reference
             key = _sweep_key(r, x["lr"], x["steps"], x["pause_init"] if r != "ce" else "mean", x["dk_prior"] if r == "ap" else 0.9)
             if key not in doc["results"] and r == "ce":  # axes that do not touch CE compare with CE at the default
                 key = _sweep_key("ce", at["lr"], at["steps"], "mean", 0.9)
             if key in doc["results"]:
                 ppl[r] = doc["results"][key]
-        row = {"axis": axis, "value": v, **{f"{r}_ppl": ppl[r]["ppl"] for r in ppl}}
+        row = {"axis": axis, "value": f"{v:g}" if isinstance(v, float) else v, **{f"{r}_ppl": ppl[r]["ppl"] for r in ppl}}
         if "ap" in ppl:
             row["ap_pauses"] = ppl["ap"]["mean_pauses"]
         for r in ("ap", "tbys"):
