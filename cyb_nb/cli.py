@@ -65,7 +65,7 @@ def regime_data(task: str = "text", seq_len: int = 64, corpus=None, tokenizer=No
 # %% ../nbs/15_cli.ipynb #23f80df4
 DEMO_RECIPES = (("CE (continued)", "ce"), ("TBYS (3 pauses)", "tbys"), ("CYB-AP (3 pauses)", "ap"))
 DEMO_LOSSES = {"ce": LossConfig("ce"), "tbys": LossConfig("tbys", W_max=4), "ap": LossConfig("ap", omega=(0, 0, 0, 1))}
-DEMO_FULL = dict(base=BaseConfig(), finetune=FinetuneConfig(), eval_every=100)
+DEMO_FULL = dict(base=BaseConfig(), finetune=FinetuneConfig(), eval_every=250)  # the curves' points score the whole val split
 DEMO_QUICK = dict(base=BaseConfig(d_model=32, n_layers=2, n_heads=4, seq_len=32, steps=60, batch_size=8, warmup=6),
                   finetune=FinetuneConfig(steps=20, batch_size=4, warmup=2), eval_every=10)
 REGIMES = ("finetune", "scratch")
@@ -124,7 +124,8 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
     for label, name in DEMO_RECIPES:
         loss = DEMO_LOSSES[name]
         k = 3 if loss.uses_pauses else 0
-        kw = dict(eval_every=min(conf["eval_every"], ft.steps), eval_batches=4, device=device, progress=progress, desc=label,
+        kw = dict(eval_every=min(conf["eval_every"], ft.steps), eval_batches=10_000, eval_batch_size=64, device=device,
+                  progress=progress, desc=label,
                   log_path=out / f"history_{name}.jsonl", checkpoint_dir=out / f"ckpt_{name}",
                   meta={"task": task, "seq_len": base_cfg.seq_len, "seed": seed, "regime": regime})
         t0 = time.perf_counter()
@@ -151,9 +152,11 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
                                                   "histories": {k: list(v) for k, v in histories.items()}}, indent=1))
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, h in histories.items():
-        h.plot(ax=ax, label=label)
-    if regime == "finetune":
+        h.plot(ax=ax, label=label, smooth=50)
+    if regime == "finetune":  # zoom on the fine-tuning gains: from just below the best to a little above the base
         ax.axhline(results[0]["bits"], color="grey", ls=":", label="pretrained base (val)")
+        best = min(r["bits"] for r in results)
+        ax.set_ylim(best - 0.15, results[0]["bits"] + 0.6)
         ax.legend(fontsize=8)
     ax.set_title(f"{task}, {regime}: training loss and validation NLL per real token")
     fig.tight_layout(); fig.savefig(out / "curves.png", dpi=100); plt.close(fig)
