@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{demo,pretrain,train,eval}")
     sub.required = True
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
-                                    "fine-tuned from it (~4 min on 2 CPU cores)")
+                                    "fine-tuned from it (about 3 min on one CPU core)")
     d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots, replaced on a rerun (default: cyb_demo)")
     d.add_argument("--steps", type=_positive_int, default=None,
                    help=f"fine-tuning steps per recipe (default: {FinetuneConfig.steps} = two epochs of the fine-tuning half; quick: 20)")
