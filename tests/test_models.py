@@ -378,3 +378,68 @@ def test_pauselm_errors():
         PauseLM(NoPositions(), tiny_hf_lm()[1], n_pauses=2)
     with pytest.raises(ValueError, match="n_pauses"):
         PauseLM(*tiny_hf_lm(), n_pauses=-1)
+
+
+# ---------------------------------------------------------------- growing a pretrained base into a pause model
+def _tiny_base(seed=0):
+    from cyb_nb.models import TinyGPT
+    from cyb_nb.stream import PauseVocab
+    torch.manual_seed(seed)
+    return TinyGPT.from_vocab(PauseVocab(vocab_size=20, n_pauses=0), d_model=16, n_layers=2, n_heads=2).eval()
+
+
+def test_grow_zero_pauses_is_the_base_and_the_base_is_untouched():
+    from cyb_nb.models import grow_pause_model
+    base = _tiny_base()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    same = grow_pause_model(base, 0)
+    assert same.state_dict().keys() == base.state_dict().keys()
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in before.items())
+    grown = grow_pause_model(base, 3, seed=1)
+    for p in grown.parameters():  # train the grown model a little: the base must not move (no shared storage)
+        p.data.add_(0.5)
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+    assert not any(a.data_ptr() == b.data_ptr() for a in base.parameters() for b in grown.parameters())
+
+
+@pytest.mark.parametrize("init", ["mean", "copy", "random"])
+def test_grow_keeps_the_first_real_step(init):
+    from cyb_nb.models import forward_steps, grow_pause_model
+    base = _tiny_base()
+    grown = grow_pause_model(base, 2, init=init, copy_rows=[3, 4] if init == "copy" else None).eval()
+    ids = torch.tensor([[5, 1, 7, 2, 9, 9]])
+    with torch.no_grad():
+        steps, _ = forward_steps(grown, ids, grown.pause_vocab)
+        ref = base(ids)
+    assert torch.allclose(steps[:, 0, 0], ref[:, 0], atol=1e-6)
+    assert torch.equal(grown.tok_emb.weight[:20], base.tok_emb.weight)  # every trained row kept
+    if init == "copy":
+        assert torch.equal(grown.tok_emb.weight[20:], base.tok_emb.weight[[3, 4]])
+
+
+def test_grow_refuses_bad_bases():
+    from cyb_nb.models import grow_pause_model, tiny_hf_lm
+    base = _tiny_base()
+    with pytest.raises(ValueError, match="already has 2 pause rows"):
+        grow_pause_model(grow_pause_model(base, 2), 3)
+    with pytest.raises(ValueError, match="n_pauses"):
+        grow_pause_model(base, -1)
+    with pytest.raises(TypeError, match="tokenizer"):
+        grow_pause_model(tiny_hf_lm("gpt2")[0], 2)
+    with pytest.raises(TypeError, match="base must be"):
+        grow_pause_model(torch.nn.Linear(2, 2), 2)
+
+
+def test_grow_a_transformers_model_keeps_its_logits():
+    from cyb_nb.models import grow_pause_model, tiny_hf_lm
+    torch.manual_seed(0)
+    lm, tok = tiny_hf_lm("llama", d_model=16, n_heads=2)
+    lm.eval()
+    V = len(tok)
+    x = torch.tensor([tok("the cat sat on a mat").input_ids])
+    g0, g2 = grow_pause_model(lm, 0, tokenizer=tok).eval(), grow_pause_model(lm, 2, tokenizer=tok).eval()
+    assert len(tok) == V and lm.get_input_embeddings().weight.shape[0] == V
+    with torch.no_grad():
+        ref = lm(x).logits
+        assert torch.allclose(g0(x)[:, :, 0, :V], ref, atol=1e-5)
+        assert torch.allclose(g2(x)[:, 0, 0, :V], ref[:, 0], atol=1e-5)
