@@ -1,5 +1,6 @@
 "Tests for cyb_nb.train: loss decreases for every variant, evaluation metric, checkpoints (exact, atomic, resumable), CYBTrainer."
 import json
+from dataclasses import asdict
 import math
 import os
 
@@ -413,3 +414,18 @@ def test_seed_out_of_range_is_a_clear_error():
         make_model(DATA, "ap", size=TINY, seed=2**70)
     with pytest.raises(ValueError, match="seed must be an int"):
         train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=1, **{**KW, "seed": 2**70})
+
+
+def test_shipped_base_matches_the_default_config():
+    "The base shipped in cyb_nb/assets is the one the default BaseConfig names; rebuild it when the config or the corpus change."
+    from cyb_nb.data import asset_path
+    from cyb_nb.train import BaseConfig, base_data, base_key, load_base
+    cfg = BaseConfig()
+    data = base_data(cfg)
+    key = base_key(cfg, data)
+    f = asset_path() / f"base-{key}.pt"
+    assert f.is_file(), f"no shipped base {f.name}: rebuild it with `cyb-nb pretrain --cache-dir cyb_nb/assets` and remove the old one"
+    assert len(list(asset_path().glob("base-*.pt"))) == 1, "remove stale shipped bases"
+    base = load_base(f, key)
+    assert base.base_info["config"] == asdict(cfg)
+    assert abs(evaluate(base, data, "ce", batch_size=64)["nll"] - base.base_info["val_nll"]) < 1e-5  # its stored score is its own
