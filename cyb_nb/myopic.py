@@ -8,11 +8,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-import time
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Sequence, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
