@@ -65,9 +65,13 @@ class _Widget:
         return figure_png(self.figure, self.dpi)
 
     def _ipython_display_(self):
+        "In a kernel one output holds the live widget and a PNG of the same view (shown where widgets cannot render); elsewhere the PNG."
+        import base64
         from IPython.display import Image, display
         if has_frontend():
-            display(self.widget)
+            bundle = dict(self.widget._repr_mimebundle_())
+            bundle["image/png"] = base64.b64encode(self.png()).decode()
+            display(bundle, raw=True)
         else:
             display(Image(self.png()))
 

@@ -228,3 +228,19 @@ def test_pauses_html_escapes_and_checks():
     assert "&lt;b&gt;" in h and c[1] == "rgba(220,60,40,0.900)"
     with pytest.raises(ValueError, match="equal length"):
         pauses_html(["a"], [1.0, 2.0], W=4)
+
+
+def test_widget_output_carries_a_static_png_beside_the_live_view(monkeypatch):
+    "In a kernel a widget is displayed as one bundle: the live widget view and a PNG of the same view, for readers without widgets."
+    import base64
+    import IPython.display
+    import cyb_nb.widgets as W
+    shown = []
+    monkeypatch.setattr(W, "has_frontend", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append((obj, raw)))
+    ex = LossExplorer()
+    ex._ipython_display_()
+    (bundle, raw), = shown
+    assert raw and set(bundle) >= {"application/vnd.jupyter.widget-view+json", "image/png", "text/plain"}
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64decode(bundle["image/png"]) == ex.png()  # the same view, drawn by the widget's own code
