@@ -27,7 +27,13 @@ def execute(path: Path, timeout: int = 1800) -> float:
     from nbclient import NotebookClient
     t0 = time.perf_counter()
     nb = nbformat.read(path, as_version=4)
+    skipped = {}  # cells marked `#| eval: false` are not run, as under nbdev_test
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and any(l.strip().replace(" ", "") == "#|eval:false" for l in c.source.splitlines()):
+            skipped[i], c.source = c.source, ""
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    for i, src in skipped.items():
+        nb.cells[i].source, nb.cells[i].outputs = src, []
     nbformat.write(nb, path)
     return time.perf_counter() - t0
 

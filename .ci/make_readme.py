@@ -1,9 +1,11 @@
-"""Generate README.md from nbs/index.ipynb (markdown cells verbatim, visible code cells fenced).
+"""Generate README.md from nbs/index.ipynb (markdown cells verbatim, visible code cells fenced, their stored text and markdown outputs
+below them; links to `images/...` are made relative to the repository root, where the README lives).
 
 nbdev_readme renders through Quarto, which is not installable from the package registries available here,
 so this small converter produces the same kind of README. `--check` exits 1 if README.md is out of date.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +31,17 @@ def render() -> str:
         elif cell["cell_type"] == "code" and not any(line.strip().startswith(("#| hide", "#|hide")) for line in src.splitlines()):
             code = "\n".join(l for l in src.splitlines() if not l.startswith("#|"))
             parts.append("```python\n" + code + "\n```")
-    return "\n\n".join(parts) + "\n"
+            parts += [out for out in map(_output, cell.get("outputs", [])) if out]
+    return re.sub(r"\]\(images/", "](nbs/images/", "\n\n".join(parts)) + "\n"
+
+
+def _output(out: dict) -> str:
+    "A stored output as README text: markdown as is, printed text or a plain value in a fenced block, anything else left out."
+    data = out.get("data", {})
+    if "text/markdown" in data:
+        return "".join(data["text/markdown"]).strip()
+    text = "".join(out.get("text", "")) if out.get("output_type") == "stream" else "".join(data.get("text/plain", ""))
+    return "```\n" + text.strip() + "\n```" if text.strip() and "image/png" not in data else ""
 
 
 if __name__ == "__main__":
