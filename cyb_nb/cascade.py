@@ -16,7 +16,8 @@ from .stream import IGNORE_INDEX
 # %% auto #0
 __all__ = ['CONFIDENCE_RULES', 'confidence', 'should_defer', 'token_scores', 'CascadeResult', 'cascade', 'Curve', 'curve_area',
            'sweep', 'CATWeights', 'cat_weights', 'cat_loss', 'model_scores', 'cascade_curves', 'CascadeAwareModel',
-           'CATLoss', 'train_cat', 'cascade_experiment', 'curve_table']
+           'CATLoss', 'train_cat', 'cascade_experiment', 'curve_table', 'CascadeFinetuneConfig', 'curve_points',
+           'cascade_finetune']
 
 # %% ../nbs/13_cascade.ipynb #93c0bdb9
 CONFIDENCE_RULES = ("max_prob", "margin", "entropy")
@@ -448,3 +449,53 @@ def curve_table(curves: dict, at=(0.1, 0.25, 0.5)) -> list:
                 row[f"@{a:g}"] = float(np.interp(a, r, q))
             rows.append(row)
     return rows
+
+# %% ../nbs/13_cascade.ipynb #cf000002
+from .train import BaseConfig, FinetuneConfig, TUNED_LR
+
+
+@dataclass(frozen=True)
+class CascadeFinetuneConfig:
+    "CAT in its paper's setting: two CE-pretrained models; the small one fine-tuned with CE or a CAT reading (same steps, batches, lr)."
+    small: BaseConfig = BaseConfig()  # the shared base of the regime chapter (2 layers × 64)
+    large: BaseConfig = BaseConfig(d_model=128, n_layers=4, n_heads=4, train_split="train")  # 'small' size, on all the train text
+    readings: tuple = ("defer", "hopeless")
+    finetune: FinetuneConfig = FinetuneConfig(lr=TUNED_LR["ce"])  # 1500 steps of 4 rows on the 'finetune' half
+    normalize: str = "kept"
+    rule: str = "max_prob"
+    seeds: tuple = (0, 1, 2)
+
+    def __post_init__(self):
+        for r in self.readings:
+            CATWeights.reading(r)  # raises ValueError naming the readings
+        if self.normalize not in ("kept", "all"):
+            raise ValueError(f"normalize must be 'kept' or 'all', got {self.normalize!r}")
+        if self.small.seq_len != self.large.seq_len:
+            raise ValueError(f"small and large must be pretrained on rows of one length, got seq_len {self.small.seq_len} and {self.large.seq_len}")
+
+
+def curve_points(curve: Curve, rates=None) -> list:
+    "The curve's quality at fixed deferral rates (default 0, 0.02, …, 1), for storing and plotting curves of several runs."
+    rates = np.linspace(0, 1, 51) if rates is None else np.asarray(rates, dtype=float)
+    return np.interp(rates, curve.deferral_rate.numpy(), curve.quality.numpy()).tolist()
+
+
+def cascade_finetune(small: nn.Module, large: nn.Module, data, variant: str, config: CascadeFinetuneConfig | None = None,
+                     seed: int = 0, **train_kw) -> dict:
+    "Fine-tune a copy of the pretrained `small` with plain CE (`variant='standard'`), a CAT reading, or not at all ('pretrained'); score its cascade with `large`."
+    import copy
+    config = config or CascadeFinetuneConfig()
+    ft = config.finetune
+    model = copy.deepcopy(small)
+    kw = dict(steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr_for("ce"), warmup=ft.warmup, weight_decay=ft.weight_decay,
+              min_lr_ratio=ft.min_lr_ratio, seed=seed, eval_every=ft.steps, progress=False, **train_kw)
+    if variant == "standard":
+        train(model, data, "ce", desc="small (CE)", **kw)
+    elif variant != "pretrained":
+        train_cat(model, large, data, CATWeights.reading(variant.removeprefix("cat:")), config.normalize, desc=f"small ({variant})", **kw)
+    val = as_splits(data).val
+    curves = cascade_curves(model_scores(model, val, config.rule), model_scores(large, val, config.rule))
+    rows = curve_table({variant: curves})
+    for r in rows:
+        r["seed"] = seed
+    return {"rows": rows, "points": {m: curve_points(c) for m, c in curves.items()}, "model": model}

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PonderTrace', 'PonderLM', 'n_params', 'compute_per_token', 'pass_nll', 'double_size', 'ponder_sweep', 'format_rows']
+__all__ = ['PONDER_PRESETS', 'PonderTrace', 'PonderLM', 'n_params', 'compute_per_token', 'pass_nll', 'double_size',
+           'ponder_sweep', 'format_rows', 'PonderCurveConfig', 'ponder_run', 'gap_closed', 'plot_ponder_curves']
 
 # %% ../nbs/11_pondering.ipynb #2255e224
 @dataclass
@@ -252,3 +253,114 @@ def format_rows(rows: list) -> str:
         out.append(f"| {r['model']} | {r['params']:,} | {r['passes']} × {r['positions']:g} | {r['compute_per_token'] / c0:.2f} "
                    f"| {r['val_nll']:.4f} | {r['val_bits']:.4f} | {r['train_s']:.1f} |")
     return "\n".join(out)
+
+# %% ../nbs/11_pondering.ipynb #pc000002
+@dataclass(frozen=True)
+class PonderCurveConfig:
+    "One learning-curve experiment: K values, sizes, the from-scratch budget and the fine-tuning budget (the same for every model)."
+    ks: tuple = (0, 1, 3)  # pondering steps of the small model
+    size: str = "tiny"  # TinyGPT size of the pondering models (cyb_nb.train.MODEL_SIZES)
+    big_target: float = 2.0  # the vanilla comparison has about this many times the parameters (more layers, same width)
+    scale_embeds: bool = False  # PonderLM's ×√d on e⁰ and E (the authors' scripts turn it on); applied to every model alike
+    seq_len: int = 64
+    steps: int = 2000  # from-scratch optimizer steps on the whole train split
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 100
+    eval_every: int = 250  # steps between scores of the whole validation split
+    finetune_steps: int = 1500  # pondering added to the CE-pretrained base, then trained on the 'finetune' half
+    finetune_batch_size: int = 4
+    finetune_lr: float = 3e-4  # TUNED_LR['ce']: the rate tuned for continued CE training of that base
+    seeds: tuple = (0, 1, 2)
+    n_train: int | None = None  # rows of the train split (None: all), for quick runs
+    n_val: int | None = None
+
+    def __post_init__(self):
+        if not self.ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in self.ks):
+            raise ValueError(f"ks must be a non-empty tuple of ints >= 0, got {self.ks!r}")
+        for name in ("seq_len", "steps", "batch_size", "eval_every", "finetune_steps", "finetune_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not self.big_target > 1:
+            raise ValueError(f"big_target must be > 1 (times the small model's parameters), got {self.big_target!r}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+
+
+PONDER_PRESETS = {
+    "test": PonderCurveConfig(seq_len=32, steps=8, batch_size=8, warmup=2, eval_every=4, finetune_steps=4, seeds=(0,),
+                              n_train=128, n_val=16),
+    "cpu": PonderCurveConfig(),  # the measured setting: ~25 min on 2 CPU cores for 3 seeds
+    "gpu": PonderCurveConfig(size="small", seq_len=256, steps=20000, batch_size=64, lr=1e-3, warmup=500, eval_every=1000,
+                             finetune_steps=5000, finetune_batch_size=32, seeds=(0, 1, 2, 3, 4)),  # ready, not run
+}
+
+
+def _curve_rows(hist, name: str, k: int, model: nn.Module, regime: str, seed: int) -> list:
+    "One row per evaluation of a training `History`: tokens seen, training FLOPs (6 × params × passes per token), val NLL."
+    n, passes = n_params(model), getattr(model, "compute_multiplier", 1)
+    return [{"regime": regime, "model": name, "K": k, "seed": seed, "params": n, "passes": passes, "step": r["step"],
+             "tokens": r["tokens"], "train_flops": 6.0 * n * passes * r["tokens"], "val_nll": r["val_nll"]} for r in hist.evals]
+
+
+def ponder_run(config: PonderCurveConfig, regime: str, name: str, seed: int, base: nn.Module | None = None,
+               progress: bool = False) -> list:
+    "Train one model of the experiment and return its learning curve rows ('scratch': `name` is 'K=k' or 'big'; 'finetune': 'K=k')."
+    import copy
+    from cyb_nb.data import load_data
+    from cyb_nb.train import as_splits, make_model, train
+    if regime not in ("scratch", "finetune"):
+        raise ValueError(f"regime must be 'scratch' or 'finetune', got {regime!r}")
+    split = "train" if regime == "scratch" else "finetune"
+    sp = as_splits(load_data("text", seq_len=config.seq_len, train_split=split, n_train=config.n_train, n_val=config.n_val))
+    k = 0 if name == "big" else int(name.removeprefix("K="))
+    if regime == "scratch":
+        size = double_size(config.size, sp, config.big_target) if name == "big" else config.size
+        net = make_model(sp, "ce", n_pauses=0, size=size, seed=seed)
+        steps, bs, lr, warmup = config.steps, config.batch_size, config.lr, config.warmup
+    else:
+        if base is None or name == "big":
+            raise ValueError("regime 'finetune' needs the CE-pretrained `base` and a name 'K=k'")
+        net = copy.deepcopy(base)
+        steps, bs, lr, warmup = config.finetune_steps, config.finetune_batch_size, config.finetune_lr, 50
+    model = PonderLM(net, steps=k, scale_embeds=config.scale_embeds)
+    every = config.eval_every if regime == "scratch" else max(1, steps // 6)
+    hist = train(model, sp, "ce", steps=steps, batch_size=bs, lr=lr, warmup=min(warmup, steps), seed=seed, eval_every=every,
+                 eval_batches=math.ceil(len(sp.val) / 64), eval_batch_size=64, progress=progress, desc=f"{regime} {name}")
+    label = "no-ponder ~2x params" if name == "big" else f"ponder K={k}"
+    return _curve_rows(hist, label, k, model, regime, seed)
+
+
+def gap_closed(rows: list, k: int = 3, regime: str = "scratch") -> list:
+    "Per seed and evaluation: the share of the gap between K=0 and the ~2× model that pondering K closes, (nll₀ − nll_K)/(nll₀ − nll_big)."
+    pick = lambda name, seed: {r["step"]: r["val_nll"] for r in rows if r["regime"] == regime and r["model"] == name and r["seed"] == seed}
+    out = []
+    for seed in sorted({r["seed"] for r in rows if r["regime"] == regime}):
+        a, b, c = pick("ponder K=0", seed), pick(f"ponder K={k}", seed), pick("no-ponder ~2x params", seed)
+        for step in sorted(set(a) & set(b) & set(c)):
+            gap = a[step] - c[step]
+            out.append({"seed": seed, "step": step, "nll_K0": a[step], f"nll_K{k}": b[step], "nll_big": c[step],
+                        "gap": gap, "closed": (a[step] - b[step]) / gap if gap != 0 else float("nan")})
+    return out
+
+
+def plot_ponder_curves(rows: list, regime: str = "scratch", x: str = "tokens", ax=None):
+    "Val NLL against tokens seen (`x='tokens'`) or training FLOPs (`x='train_flops'`): mean over seeds, a band for min–max."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    rows = [r for r in rows if r["regime"] == regime]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        by = {}
+        for r in rows:
+            if r["model"] == name:
+                by.setdefault(r["step"], []).append(r)
+        steps = sorted(by)
+        xs = [sum(r[x] for r in by[s]) / len(by[s]) for s in steps]
+        ys = [[r["val_nll"] for r in by[s]] for s in steps]
+        line, = ax.plot(xs, [sum(v) / len(v) for v in ys], "o-", ms=3, label=name)
+        ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log" if x == "train_flops" else "linear")
+    ax.set_xlabel({"tokens": "training tokens", "train_flops": "training FLOPs (6·params·passes·tokens)"}.get(x, x))
+    ax.set_ylabel("val NLL (nats / token)"); ax.set_title(f"{regime}"); ax.legend(fontsize=7)
+    return ax

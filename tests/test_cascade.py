@@ -357,3 +357,37 @@ def test_cascade_experiment_trains_one_cat_model_per_reading():
     assert set(cascade_experiment(data, size, size, **kw)["curves"]) == {"standard", "cat"}
     with pytest.raises(TypeError, match="weights must be"):
         cascade_experiment(data, size, size, weights={"x": 1.0}, **kw)
+
+
+# ---------------------------------------------------------------- CAT as fine-tuning of pretrained models
+def test_cascade_finetune_starts_from_the_pretrained_small_model():
+    from cyb_nb.cascade import CascadeFinetuneConfig, cascade_finetune
+    from cyb_nb.data import load_data
+    from cyb_nb.train import BaseConfig, FinetuneConfig, pretrain_base
+    torch.set_num_threads(1)
+    cfg = CascadeFinetuneConfig(small=BaseConfig(seq_len=16, steps=10, d_model=16, n_layers=1, n_heads=2),
+                                large=BaseConfig(seq_len=16, steps=10, d_model=32, n_layers=1, n_heads=2),
+                                finetune=FinetuneConfig(steps=4, warmup=1, lr=1e-3), seeds=(0,))
+    small, large = pretrain_base(cfg.small, progress=False), pretrain_base(cfg.large, progress=False)
+    before = [p.detach().clone() for p in small.parameters()]
+    data = load_data("text", seq_len=16, train_split="finetune", n_train=32, n_val=8)
+    out = {v: cascade_finetune(small, large, data, v, cfg) for v in ("pretrained", "standard", "cat:hopeless")}
+    assert all(torch.equal(a, b) for a, b in zip(before, small.parameters()))  # the base is copied, never trained in place
+    assert all(torch.equal(a, b) for a, b in zip(before, out["pretrained"]["model"].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, out["standard"]["model"].parameters()))
+    rows = {(v, r["metric"]): r for v, o in out.items() for r in o["rows"]}
+    for m in ("nll", "acc"):  # one frozen large model: the large-only end is the same for every small model
+        assert rows[("pretrained", m)]["large_only"] == rows[("standard", m)]["large_only"] == rows[("cat:hopeless", m)]["large_only"]
+        assert out["standard"]["points"][m][0] == pytest.approx(rows[("standard", m)]["small_only"])
+        assert out["standard"]["points"][m][-1] == pytest.approx(rows[("standard", m)]["large_only"])
+
+
+def test_cascade_finetune_config_rejects_bad_values():
+    from cyb_nb.cascade import CascadeFinetuneConfig
+    from cyb_nb.train import BaseConfig
+    with pytest.raises(ValueError, match="reading"):
+        CascadeFinetuneConfig(readings=("defer", "sometimes"))
+    with pytest.raises(ValueError, match="normalize"):
+        CascadeFinetuneConfig(normalize="none")
+    with pytest.raises(ValueError, match="rows of one length"):
+        CascadeFinetuneConfig(large=BaseConfig(seq_len=32))

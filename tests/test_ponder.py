@@ -230,3 +230,46 @@ def test_bad_inputs():
         PonderLM(nn.Linear(3, 3))
     with pytest.raises(TypeError, match="nn.Module"):
         PonderLM("gpt2")
+
+
+# ---------------------------------------------------------------- the learning-curve experiment
+def test_gap_closed_is_the_share_of_the_gap():
+    from cyb_nb.ponder import gap_closed
+    rows = [{"regime": "scratch", "model": m, "seed": s, "step": 10, "val_nll": v + s}
+            for s in (0, 1) for m, v in (("ponder K=0", 5.0), ("ponder K=3", 4.6), ("no-ponder ~2x params", 4.2))]
+    rows.append({"regime": "finetune", "model": "ponder K=0", "seed": 0, "step": 10, "val_nll": 1.0})  # other regime: ignored
+    g = gap_closed(rows, 3)
+    assert [r["seed"] for r in g] == [0, 1]
+    assert all(r["closed"] == pytest.approx(0.5) and r["gap"] == pytest.approx(0.8) for r in g)
+    assert gap_closed(rows, 1) == []  # no K=1 rows
+
+
+@pytest.mark.parametrize("bad, match", [(dict(ks=()), "ks"), (dict(ks=(0, -1)), "ks"), (dict(steps=0), "steps"),
+                                        (dict(big_target=1.0), "big_target"), (dict(seeds=()), "seeds")])
+def test_ponder_curve_config_rejects_bad_values(bad, match):
+    from cyb_nb.ponder import PonderCurveConfig
+    with pytest.raises(ValueError, match=match):
+        PonderCurveConfig(**bad)
+
+
+def test_ponder_curves_script_writes_curves(tmp_path):
+    import json, subprocess, sys
+    from pathlib import Path
+    out = tmp_path / "pc.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ponder_curves.py"
+    p = subprocess.run([sys.executable, str(script), "--preset", "test", "--jobs", "1", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    scratch = {r["model"] for r in rows if r["regime"] == "scratch"}
+    assert scratch == {"ponder K=0", "ponder K=1", "ponder K=3", "no-ponder ~2x params"}
+    assert {r["model"] for r in rows if r["regime"] == "finetune"} == {"ponder K=0", "ponder K=1", "ponder K=3"}
+    at = {(r["regime"], r["model"], r["step"]): r for r in rows}
+    for step in (4, 8):  # every model of a seed sees the same tokens; K extra passes cost K+1 times the FLOPs
+        k0, k3 = at[("scratch", "ponder K=0", step)], at[("scratch", "ponder K=3", step)]
+        assert k0["tokens"] == k3["tokens"] == at[("scratch", "no-ponder ~2x params", step)]["tokens"]
+        assert k3["train_flops"] == pytest.approx(4 * k0["train_flops"])
+    assert all(math.isfinite(r["val_nll"]) for r in rows)
+    assert "closes of the K=0 -> 2x gap" in p.stdout
