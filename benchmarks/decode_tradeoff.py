@@ -1,6 +1,6 @@
 """Adaptive decoding, the whole trade-off (issue 17): forward positions per real token vs NLL in the paper's regime.
 
-    python benchmarks/decode_tradeoff.py --json benchmarks/decode_tradeoff.json   # the runs chapter 08 reads (~20 CPU-minutes)
+    python benchmarks/decode_tradeoff.py --json benchmarks/decode_tradeoff.json --cache /tmp/dt_models   # chapter 08's runs (~16 min)
     python benchmarks/decode_tradeoff.py --quick --json /tmp/dt.json               # seconds: exercises the code, measures nothing
 
 1. The base: the project's shared CE base (`cyb_nb.train.pretrained_base()`), pretrained on the 'pretrain' half of the bundled text.
@@ -17,10 +17,12 @@
    - `sample cap k`: adaptive, delta ~ Bernoulli(d) at each step, at most k pauses (`score_adaptive(halt='sample')`).
    Tokens per second of generation with the KV cache (`generate`, batch 1, median of `--gen-repeats`) for each decoder.
 4. Pareto points (no other point of the same seed has both fewer positions and a lower NLL), and the goal: an adaptive decoder
-   with <= 40 % of Recipe 1's positions at <= 1 % worse NLL than the R1 model decoded with Recipe 1.
+   with <= 40 % of Recipe 1's positions at <= 1 % worse NLL than the R1 model decoded with Recipe 1; adaptive = sampling or a
+   threshold strictly inside (0, 1) (tau = 1 never pauses, which is `fixed 0`).
 The JSON is rewritten atomically after every seed, and a rerun skips the seeds already in it (with the same settings).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -33,6 +35,7 @@ import torch
 
 from cyb_nb.data import load_data
 from cyb_nb.decode import generate, score_adaptive, score_fixed
+from cyb_nb.models import grow_pause_model
 from cyb_nb.train import BaseConfig, FinetuneConfig, evaluate, finetune, pretrained_base
 
 GOAL_POSITIONS, GOAL_NLL = 0.40, 0.01  # adaptive: <= 40 % of Recipe 1's positions at <= +1 % NLL
@@ -69,21 +72,44 @@ def pareto(points: list) -> list:
                     for q in points) for p in points]
 
 
+def adaptive(p: dict) -> bool:
+    "Whether a point's decoder really adapts: sampling, or a threshold strictly inside (0, 1) (0 always pauses, 1 never)."
+    return p["kind"] == "sample" or (p["kind"] == "threshold" and 0 < p["param"] < 1)
+
+
 def goal(points: list) -> dict:
-    "The goal against the R1 model decoded with Recipe 1: per pause model, the best adaptive NLL within 40 % of its positions."
+    "The goal against the R1 model decoded with Recipe 1: per pause model, the best adaptive NLL within 40 % of its positions, and the best non-adaptive one (CE, fixed k)."
     ref = next(p for p in points if p["model"] == "R1" and p["kind"] == "recipe1")
     out = {"reference": {"model": "R1", "decoder": "recipe1", "nll": ref["nll"], "positions": ref["positions"]},
            "max_positions": GOAL_POSITIONS * ref["positions"], "max_nll": (1 + GOAL_NLL) * ref["nll"]}
     for m in ("R1", "R2"):
         own = next(p for p in points if p["model"] == m and p["kind"] == "recipe1")
-        ok = [p for p in points if p["model"] == m and p["kind"] in ("threshold", "sample") and p["positions"] <= out["max_positions"]]
+        ok = [p for p in points if p["model"] == m and adaptive(p) and p["positions"] <= out["max_positions"]]
         best = min(ok, key=lambda p: p["nll"]) if ok else None
         out[m] = None if best is None else {
             "decoder": best["decoder"], "nll": best["nll"], "positions": best["positions"],
             "positions_ratio": best["positions"] / ref["positions"], "nll_change": best["nll"] / ref["nll"] - 1,
             "nll_change_vs_own_recipe1": best["nll"] / own["nll"] - 1, "met": best["nll"] <= out["max_nll"]}
+    fixed = [p for p in points if p["kind"] in ("ce", "fixed") and p["positions"] <= out["max_positions"]]
+    out["best_non_adaptive"] = min(({"model": p["model"], "decoder": p["decoder"], "nll": p["nll"], "positions": p["positions"],
+                                     "nll_change": p["nll"] / ref["nll"] - 1} for p in fixed), key=lambda p: p["nll"], default=None)
     out["met"] = any(out[m] is not None and out[m]["met"] for m in ("R1", "R2"))
     return out
+
+
+def recipe1_diagnostics(sc: dict) -> dict:
+    "Means over the val tokens of a Recipe 1 score: stopping distribution s, d and NLL of the readout at each step, expected pauses."
+    m = sc["mask"]
+    return {"s": sc["s"][m].double().mean(0).tolist(), "d": sc["d"][m].double().mean(0).tolist(),
+            "step_nll": (-sc["t"][m].double().clamp_min(1e-38).log()).mean(0).tolist(), "expected_pauses": sc["mean_pauses"]}
+
+
+def finish(run: dict) -> dict:
+    "Mark a seed's Pareto points and store (and return) its goal verdict."
+    for p, f in zip(run["points"], pareto(run["points"])):
+        p["pareto"], p["adaptive"] = f, adaptive(p)
+    run["goal"] = goal(run["points"])
+    return run["goal"]
 
 
 def run_seed(base, data, ft: FinetuneConfig, seed: int, a) -> dict:
@@ -94,11 +120,20 @@ def run_seed(base, data, ft: FinetuneConfig, seed: int, a) -> dict:
     models, secs = {}, {}
     for name, loss, extra in (("CE", "ce", {}), ("R1", "ap", {}), ("R2", "ap", {"pause_counts": a.omega_train})):
         t0 = time.perf_counter()
-        models[name] = finetune(base, data, loss, ft, **kw, **extra)[0].eval()
+        cached = Path(a.cache) / f"{a.key}-s{seed}-{name}.pt" if a.cache else None
+        if cached is not None and cached.is_file():  # the same settings' weights: skip the fine-tuning
+            models[name] = grow_pause_model(base, 0 if loss == "ce" else 3)
+            models[name].load_state_dict(torch.load(cached, weights_only=True))
+        else:
+            models[name] = finetune(base, data, loss, ft, **kw, **extra)[0]
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(models[name].state_dict(), cached)
+        models[name].eval()
         secs[f"train_{name}"] = time.perf_counter() - t0
         print(f"  seed {seed}: fine-tuned {name} ({ft.steps} steps) in {secs[f'train_{name}']:.0f} s", flush=True)
     t0 = time.perf_counter()
-    points = []
+    points, diagnostics = [], {}
     sf = score_fixed(models["CE"], val)
     tps, gpos = _tok_per_s(models["CE"], prompt, n_gen, a.gen_repeats)
     points.append(dict(model="CE", decoder="no pauses", kind="ce", param=0, nll=sf["mean_nll"], positions=sf["positions_per_token"],
@@ -106,14 +141,14 @@ def run_seed(base, data, ft: FinetuneConfig, seed: int, a) -> dict:
     for m in ("R1", "R2"):
         for name, kind, param, skw, gkw in decoders(3, a.thresholds, a.caps):
             sc = score_fixed(models[m], val) if skw is None else score_adaptive(models[m], val, seed=seed, **skw)
+            if skw is None:
+                diagnostics[m] = recipe1_diagnostics(sc)
             tps, gpos = _tok_per_s(models[m], prompt, n_gen, a.gen_repeats, **gkw)
             points.append(dict(model=m, decoder=name, kind=kind, param=param, nll=sc["mean_nll"], positions=sc["positions_per_token"],
                                pauses=sc["mean_pauses"], tokens_per_s=tps, gen_positions=gpos))
     secs["score"] = time.perf_counter() - t0
-    for p, f in zip(points, pareto(points)):
-        p["pareto"] = f
     base_nll = evaluate(base, data, "ce", batch_size=64)["nll"]
-    return {"points": points, "goal": goal(points), "seconds": secs, "base_nll": base_nll,
+    return {"points": points, "recipe1": diagnostics, "seconds": secs, "base_nll": base_nll,
             "n_tokens": int(val.shape[0] * (val.shape[1] - 1)), "gen_tokens": n_gen}
 
 
@@ -123,7 +158,7 @@ def summary(runs: dict) -> list:
     rows = []
     for k in keys:
         ps = [next(p for p in r["points"] if (p["model"], p["decoder"]) == k) for r in runs.values()]
-        row = {f: ps[0][f] for f in ("model", "decoder", "kind", "param")}
+        row = {f: ps[0][f] for f in ("model", "decoder", "kind", "param", "adaptive")}
         for f in ("nll", "positions", "pauses", "tokens_per_s"):
             v = [p[f] for p in ps]
             row[f], row[f + "_sd"] = statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
@@ -148,27 +183,27 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (data order, pause-row noise, R2 counts)")
     ap.add_argument("--steps", type=int, default=FinetuneConfig().steps, help="fine-tuning steps (default: FinetuneConfig's)")
     ap.add_argument("--omega-train", type=float, nargs="+", default=[1, 1, 1, 1], help="R2's pause_counts (weights of 0..3 pauses)")
-    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0])
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
     ap.add_argument("--caps", type=int, nargs="+", default=[1, 2, 3], help="max pauses of the sampling decoder")
     ap.add_argument("--n-val", type=int, default=0, help="val rows scored (0: all)")
     ap.add_argument("--gen-tokens", type=int, default=57)
     ap.add_argument("--gen-repeats", type=int, default=3)
+    ap.add_argument("--cache", default="", help="folder for the fine-tuned weights (a rerun with the same settings skips training)")
     ap.add_argument("--quick", action="store_true", help="a tiny base and a few steps: exercises the code, measures nothing")
     ap.add_argument("--json", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    bc = BaseConfig()
+    base = pretrained_base(bc, log=None)  # the shipped base: no training
+    small = dict(n_train=64, n_val=8) if a.quick else {}  # --quick: the same base, 3 steps on 64 rows, 8 val rows, 3 thresholds
+    data = load_data("text", seq_len=bc.seq_len, train_split="finetune", **small)
+    ft = FinetuneConfig(steps=3, warmup=1) if a.quick else FinetuneConfig(steps=a.steps)
     if a.quick:
-        bc = BaseConfig(d_model=16, n_layers=1, n_heads=2, seq_len=16, steps=4, batch_size=4, warmup=1)
-        ft = FinetuneConfig(steps=3, batch_size=4, warmup=1)
-        base = pretrained_base(bc, cache_dir=Path(a.json).parent / ".cache", progress=False, log=None)
-        data = load_data("text", seq_len=bc.seq_len, n_train=64, n_val=8, train_split="finetune")
-        a.thresholds, a.gen_repeats = [0.0, 0.5, 1.0], 1
-    else:
-        bc, ft = BaseConfig(), FinetuneConfig(steps=a.steps)
-        base, data = pretrained_base(bc, log=None), load_data("text", seq_len=bc.seq_len, train_split="finetune")
+        a.thresholds, a.gen_repeats, a.gen_tokens = [0.0, 0.5, 1.0], 1, 16
     settings = dict(base=base.base_info["key"], finetune=asdict(ft), lr={"ce": ft.lr_for("ce"), "ap": ft.lr_for("ap")},
                     omega_train=a.omega_train, thresholds=a.thresholds, caps=a.caps, n_val=a.n_val, gen_tokens=a.gen_tokens,
                     gen_repeats=a.gen_repeats, quick=a.quick, goal={"positions": GOAL_POSITIONS, "nll": GOAL_NLL})
+    a.key = hashlib.sha256(json.dumps({k: settings[k] for k in ("base", "finetune", "lr", "omega_train")}, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(a.json)
     doc = json.loads(path.read_text()) if path.exists() else {}
     if doc.get("settings") != settings:
@@ -180,14 +215,18 @@ def main(argv=None):
         t0 = time.perf_counter()
         r = run_seed(base, data, ft, seed, a)
         r["seconds"]["total"] = time.perf_counter() - t0
+        g = finish(r)
         doc["runs"][str(seed)] = r
         doc["summary"] = summary(doc["runs"])
         _save(path, doc)
-        g = r["goal"]
         print(f"seed {seed} in {r['seconds']['total']:.0f} s; goal {'MET' if g['met'] else 'not met'}: " + "; ".join(
             f"{m} best within {100 * GOAL_POSITIONS:.0f}% positions: " + ("none" if g[m] is None else
             f"{g[m]['decoder']} {100 * g[m]['positions_ratio']:.0f}% positions, NLL {100 * g[m]['nll_change']:+.2f}%")
             for m in ("R1", "R2")), flush=True)
+    for r in doc["runs"].values():  # flags and verdicts from the stored points, so a rerun applies the current definitions
+        finish(r)
+    doc["summary"] = summary(doc["runs"])
+    _save(path, doc)
     rows = doc["summary"]
     ref = next(r for r in rows if r["model"] == "R1" and r["kind"] == "recipe1")
     print_table(rows, ref)
