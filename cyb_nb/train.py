@@ -23,16 +23,17 @@ from .data import check_seed
 from .data import BatchSampler
 from .losses import LossConfig
 from .models import PauseLM, TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
-from .stream import IGNORE_INDEX, PauseVocab
+from .stream import IGNORE_INDEX, PauseVocab, sample_pause_counts
 
 # %% auto #0
 __all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR',
            'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device',
            'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
            'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'History', 'cosine_schedule',
-           'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
-           'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
-           'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig', 'finetune', 'load_base_model']
+           'check_pause_counts', 'train_pause_counts', 'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class',
+           'matmul_params', 'train_flops', 'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint',
+           'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig',
+           'finetune', 'load_base_model']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -529,6 +530,34 @@ def _check_int(v, name: str, lo: int = 1):
         raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
 
 
+def check_pause_counts(pause_counts, W_max: int) -> list | None:
+    "Validate `train`'s `pause_counts` (None, or W_max non-negative weights of 0..W_max-1 pauses); return it as a list of floats."
+    if pause_counts is None:
+        return None
+    if isinstance(pause_counts, (str, bytes, dict, set)) or not hasattr(pause_counts, "__len__"):
+        raise TypeError(f"pause_counts must be None or a sequence of W_max={W_max} weights (of 0..{W_max - 1} pauses), "
+                        f"got {type(pause_counts).__name__}")
+    try:
+        w = torch.as_tensor(pause_counts, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"pause_counts must hold numbers, got {pause_counts!r}") from e
+    if W_max < 2:
+        raise ValueError("pause_counts needs a model with pauses (W_max >= 2); this model has none")
+    if w.ndim != 1 or w.numel() != W_max:
+        raise ValueError(f"pause_counts must hold W_max={W_max} weights (of 0..{W_max - 1} pauses), got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"pause_counts must be finite, non-negative and not all zero, got {w.tolist()}")
+    return w.tolist()
+
+
+def train_pause_counts(pause_counts, shape, seed: int, draw: int, device=None) -> torch.Tensor:
+    "The pauses per token `[B, T]` that `train` gives its `draw`-th micro-batch (0-based) in a run seeded `seed`: `W - 1`, `W ~ Cat(pause_counts)`."
+    check_seed(seed)
+    _check_int(draw, "draw", 0)
+    g = torch.Generator().manual_seed((int(seed) * 0x9E3779B97F4A7C15 + draw + 1) % 2**64)  # (seed, draw) alone: resumes exactly
+    return sample_pause_counts(pause_counts, shape, generator=g, device=device)
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     "AdamW with weight decay on matrices (ndim >= 2) only."
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -542,7 +571,9 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
           eval_every: int = 50, eval_batches: int = 4, device=None, amp: bool | None = None, compile: bool = False,
           seed: int = 0, checkpoint_dir=None, checkpoint_every: int | None = None, resume=None, log_path=None,
           callbacks: Sequence[Callable] = (), progress: bool = True, min_lr_ratio: float = 0.1,
-          eval_batch_size: int | None = None, desc: str | None = None, meta: dict | None = None) -> History:
+          eval_batch_size: int | None = None, desc: str | None = None, meta: dict | None = None,
+          pause_counts=None,  # Recipe 2: weights ω of W = 1..W_max steps (0..W_max-1 pauses) per token; None: Recipe 1
+          ) -> History:
     "Train `model` on `data` with `loss_config` for `steps` optimizer steps (AdamW, warmup+cosine, clipping); return the `History`."
     cfg = as_loss_config(loss_config)
     check_seed(seed)
@@ -563,6 +594,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         callbacks = (callbacks,)
     sp = as_splits(data)
     pv = pause_vocab_of(model)
+    pause_counts = check_pause_counts(pause_counts, pv.W_max)
     if not cfg.uses_pauses and pv.n_pauses:
         raise ValueError(f"loss_config {cfg.name!r} uses no pauses but the model has n_pauses={pv.n_pauses}; build it with n_pauses=0")
     if pv.vocab_size != sp.vocab_size:
@@ -572,6 +604,10 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         check_writable(log_path, "log_path")
     dev = pick_device(device)
     ck = check_resumable(load_checkpoint(resume, map_location=dev), model, cfg, steps, sp) if resume is not None else None
+    theirs = ((ck.get("extra") or {}).get("train_args") or {}).get("pause_counts") if ck is not None else None
+    if ck is not None and not _same(theirs, pause_counts):
+        raise ValueError(f"the checkpoint was trained with pause_counts={theirs} but this run asks for pause_counts={pause_counts}; "
+                         "resume with the same pause_counts")
     model.to(dev)
     torch.manual_seed(seed)
     sampler = BatchSampler(sp.train, batch_size, seed)
@@ -593,7 +629,8 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
     if log_f is not None:
         log_f.writelines(json.dumps(r) + "\n" for r in history); log_f.flush()
     args = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
-                grad_accum=grad_accum, seed=seed, min_lr_ratio=min_lr_ratio, data=sp.name, meta=meta or {})
+                grad_accum=grad_accum, seed=seed, min_lr_ratio=min_lr_ratio, data=sp.name, meta=meta or {},
+                pause_counts=pause_counts)
 
     def save(step):
         nonlocal last_saved
@@ -611,10 +648,12 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         while step < steps:
             model.train()
             total = 0.0
-            for _ in range(grad_accum):
+            for micro in range(grad_accum):
                 x = sampler.next().to(dev)
+                counts = (None if pause_counts is None else  # Recipe 2: the world's pauses per token
+                          train_pause_counts(pause_counts, x.shape, seed, step * grad_accum + micro, device=dev))
                 with _autocast(dev, amp):
-                    step_logits, stream = forward_steps(fmodel, x, pv)
+                    step_logits, stream = forward_steps(fmodel, x, pv, counts=counts)
                 loss = cfg(step_logits.float(), stream.targets, step_mask=stream.step_mask)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(_nonfinite_message(f"loss ({loss.item()})", step + 1, lr, last_saved))

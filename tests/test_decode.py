@@ -288,3 +288,59 @@ def test_stream_generate_needs_a_token_count(model, bad):
     "Issue 21: max_new_tokens=None used to end in a TypeError deep inside the generator."
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
         next(stream_generate(model, [1, 2], max_new_tokens=bad))
+
+
+# ---------- the trade-off benchmark (issue 17): runs end to end, Pareto and goal logic checked by brute force ----------
+def _tradeoff_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("decode_tradeoff", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tradeoff_pareto_and_goal_on_hand_made_points():
+    dt = _tradeoff_module()
+    P = lambda m, dec, kind, param, pos, nll: dict(model=m, decoder=dec, kind=kind, param=param, positions=pos, nll=nll)
+    pts = [P("CE", "no pauses", "ce", 0, 1.0, 3.00), P("R1", "recipe1", "recipe1", 3, 4.0, 2.90),
+           P("R1", "threshold 0.5", "threshold", 0.5, 1.5, 2.92), P("R1", "threshold 1", "threshold", 1.0, 1.0, 2.80),
+           P("R1", "fixed 1", "fixed", 1, 2.0, 2.95), P("R2", "recipe1", "recipe1", 3, 4.0, 2.91),
+           P("R2", "sample cap 1", "sample", 1, 1.7, 2.85)]
+    assert dt.pareto(pts) == [False, False, False, True, False, False, False]  # threshold 1 dominates everything here
+    assert [dt.adaptive(p) for p in pts] == [False, False, True, False, False, False, True]
+    g = dt.goal(pts)
+    assert g["max_positions"] == pytest.approx(1.6) and g["max_nll"] == pytest.approx(2.90 * 1.01)
+    assert g["R1"]["decoder"] == "threshold 0.5" and g["R1"]["met"]  # tau = 1 never pauses: not counted as adaptive
+    assert g["R1"]["nll_change"] == pytest.approx(2.92 / 2.90 - 1)
+    assert g["R2"] is None and g["met"]  # the R2 sampler uses 1.7 > 1.6 positions
+    assert g["best_non_adaptive"]["decoder"] == "no pauses"
+    pts[2]["nll"] = 2.94
+    assert not dt.goal(pts)["met"]
+
+
+def test_tradeoff_benchmark_quick_run(tmp_path):
+    import json, os, subprocess, sys
+    from pathlib import Path
+    out = tmp_path / "dt.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_tradeoff.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(script.parents[1]))
+    p = subprocess.run([sys.executable, str(script), "--quick", "--seeds", "0", "--json", str(out)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    pts = doc["runs"]["0"]["points"]
+    by = {(q["model"], q["decoder"]): q for q in pts}
+    assert by[("CE", "no pauses")]["positions"] == 1.0 and by[("R1", "recipe1")]["positions"] == 4.0
+    for m in ("R1", "R2"):
+        assert by[(m, "threshold 0")]["positions"] == 4.0 and by[(m, "threshold 1")]["positions"] == 1.0
+        assert by[(m, "threshold 1")]["nll"] == by[(m, "fixed 0")]["nll"]  # never pausing is fixed 0
+        assert by[(m, "fixed 2")]["positions"] == 3.0
+        assert 1.0 <= by[(m, "sample cap 1")]["positions"] <= 2.0
+    assert all(q["tokens_per_s"] > 0 for q in pts)
+    for q in pts:  # Pareto flags by brute force
+        dominated = any(r["positions"] <= q["positions"] and r["nll"] <= q["nll"] and (r["positions"], r["nll"]) != (q["positions"], q["nll"])
+                        for r in pts)
+        assert q["pareto"] == (not dominated)
+    assert len(doc["summary"]) == len(pts) and "goal per seed" in p.stdout

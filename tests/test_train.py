@@ -429,3 +429,93 @@ def test_shipped_base_matches_the_default_config():
     base = load_base(f, key)
     assert base.base_info["config"] == asdict(cfg)
     assert abs(evaluate(base, data, "ce", batch_size=64)["nll"] - base.base_info["val_nll"]) < 1e-5  # its stored score is its own
+
+
+# ---------- Recipe 2 through train() (issue 17): pause_counts ----------
+from cyb_nb.train import FinetuneConfig, check_pause_counts, finetune, train_pause_counts  # noqa: E402
+
+OMEGA = [1, 1, 1, 1]
+
+
+def _weights_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pause_counts_vary_per_token_and_are_a_function_of_seed_and_draw():
+    c = train_pause_counts(OMEGA, (16, 12), seed=0, draw=0)
+    assert c.shape == (16, 12) and c.dtype == torch.long
+    assert set(c.unique().tolist()) == {0, 1, 2, 3}
+    assert torch.equal(c, train_pause_counts(OMEGA, (16, 12), seed=0, draw=0))
+    assert not torch.equal(c, train_pause_counts(OMEGA, (16, 12), seed=0, draw=1))
+    assert not torch.equal(c, train_pause_counts(OMEGA, (16, 12), seed=1, draw=0))
+    freq = torch.bincount(train_pause_counts([1, 0, 0, 3], (200, 50), 0, 0).flatten(), minlength=4).double() / 10000
+    assert freq[1] == freq[2] == 0 and abs(freq[3] - 0.75) < 0.02  # W ~ Cat(omega): omega is normalised
+
+
+def test_recipe2_loss_is_the_loss_with_those_counts_by_hand():
+    "Every step's training loss equals the loss of its batch under the counts train_pause_counts gives that (seed, micro-batch)."
+    model = make_model(DATA, "ap", size=TINY, seed=0)
+    ref = make_model(DATA, "ap", size=TINY, seed=0)
+    h = train(model, DATA, "ap", steps=1, pause_counts=OMEGA, **dict(KW, seed=3))
+    x = BatchSampler(as_splits(DATA).train, 16, 3).next()
+    counts = train_pause_counts(OMEGA, x.shape, 3, 0)
+    sl, st = forward_steps(ref, x, pause_vocab_of(ref), counts=counts)
+    assert not bool(st.step_mask.all())  # some tokens really got fewer than W_max steps
+    by_hand = LossConfig.from_name("ap")(sl.float(), st.targets, step_mask=st.step_mask).item()
+    r1, _ = forward_steps(ref, x, pause_vocab_of(ref))
+    recipe1 = LossConfig.from_name("ap")(r1.float(), st.targets).item()
+    assert h[0]["loss"] == pytest.approx(by_hand, abs=1e-6) and abs(by_hand - recipe1) > 1e-4
+    # with grad_accum the k-th micro-batch of step s draws number s * grad_accum + k
+    m2, ref2 = make_model(DATA, "ap", size=TINY, seed=0), make_model(DATA, "ap", size=TINY, seed=0)
+    h2 = train(m2, DATA, "ap", steps=1, grad_accum=2, pause_counts=OMEGA, **dict(KW, batch_size=8))
+    s = BatchSampler(as_splits(DATA).train, 8, 0)
+    parts = []
+    for k in range(2):
+        xb = s.next()
+        sl, st = forward_steps(ref2, xb, pause_vocab_of(ref2), counts=train_pause_counts(OMEGA, xb.shape, 0, k))
+        parts.append(LossConfig.from_name("ap")(sl.float(), st.targets, step_mask=st.step_mask).item())
+    assert h2[0]["loss"] == pytest.approx(sum(parts) / 2, abs=1e-6)
+
+
+def test_recipe2_is_deterministic_and_omega_at_wmax_is_recipe1():
+    a = train(make_model(DATA, "ap", size=TINY, seed=0), DATA, "ap", steps=4, pause_counts=OMEGA, **KW)
+    b = train(make_model(DATA, "ap", size=TINY, seed=0), DATA, "ap", steps=4, pause_counts=OMEGA, **KW)
+    assert _losses(a) == _losses(b)
+    r1 = train(make_model(DATA, "ap", size=TINY, seed=0), DATA, "ap", steps=4, **KW)
+    last = train(make_model(DATA, "ap", size=TINY, seed=0), DATA, "ap", steps=4, pause_counts=[0, 0, 0, 1], **KW)
+    assert _losses(last) == _losses(r1) and _losses(a) != _losses(r1)
+
+
+def test_recipe2_resume_is_bit_identical(tmp_path):
+    N = 4
+    kw = dict(KW, eval_every=3, steps=2 * N, pause_counts=OMEGA)
+    straight = train(make_model(DATA, "ap", size=TINY, seed=4), DATA, "ap", **kw)
+    train(make_model(DATA, "ap", size=TINY, seed=4), DATA, "ap", checkpoint_dir=tmp_path,
+          callbacks=[lambda r: "stop" if r["step"] == N else None], **kw)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["extra"]["train_args"]["pause_counts"] == [1.0] * 4
+    resumed = train(make_model(DATA, "ap", size=TINY, seed=9), DATA, "ap", resume=tmp_path / "checkpoint.pt", **kw)
+    assert _losses(resumed)[N:] == _losses(straight)[N:]
+    with pytest.raises(ValueError, match="pause_counts"):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", resume=tmp_path / "checkpoint.pt", **dict(kw, pause_counts=None))
+
+
+@pytest.mark.parametrize("bad, exc, msg", [([1, 1, 1], ValueError, "W_max=4"), ([1, -1, 1, 1], ValueError, "non-negative"),
+                                           ([0, 0, 0, 0], ValueError, "not all zero"), ([1, float("nan"), 1, 1], ValueError, "finite"),
+                                           ("1111", TypeError, "pause_counts"), (3, TypeError, "pause_counts"),
+                                           ([[1, 1], [1, 1]], ValueError, "W_max=4"), (["a", 1, 1, 1], TypeError, "pause_counts")])
+def test_bad_pause_counts(bad, exc, msg):
+    with pytest.raises(exc, match=msg):
+        train(make_model(DATA, "ap", size=TINY), DATA, "ap", steps=1, pause_counts=bad, **KW)
+    assert check_pause_counts(None, 4) is None
+
+
+def test_pause_counts_needs_pauses_and_goes_through_finetune():
+    with pytest.raises(ValueError, match="pause_counts needs a model with pauses"):
+        train(make_model(DATA, "ce", n_pauses=0, size=TINY), DATA, "ce", steps=1, pause_counts=[1], **KW)
+    base = make_model(DATA, "ce", n_pauses=0, size=TINY, seed=0)
+    cfg = FinetuneConfig(steps=2, batch_size=8, warmup=0)
+    m1, h1 = finetune(base, DATA, "ap", cfg, progress=False, eval_every=2, pause_counts=OMEGA)
+    m2, h2 = finetune(base, DATA, "ap", cfg, progress=False, eval_every=2)
+    m3, h3 = finetune(base, DATA, "ap", cfg, progress=False, eval_every=2, pause_counts=OMEGA)
+    assert _losses(h1) != _losses(h2) and _losses(h1) == _losses(h3) and _weights_equal(m1, m3)
