@@ -14,11 +14,13 @@
    - `recipe1`: all 3 pauses, the mixture over the readout steps (`score_fixed`); 4 positions per token; CE: 1 position;
    - `fixed k`: always k pauses, read out at step k (`score_adaptive`, threshold 0, max_pauses k) - a non-adaptive budget;
    - `threshold tau`: adaptive, pause while d >= tau (`score_adaptive`), a sweep of tau;
-   - `sample cap k`: adaptive, delta ~ Bernoulli(d) at each step, at most k pauses (`score_adaptive(halt='sample')`).
+   - `sample cap k`: adaptive, delta ~ Bernoulli(d) at each step, at most k pauses (`score_adaptive(halt='sample')`);
+   - `mass tau`: adaptive, pause while the don't-know mass left, prod_{j<=k} d_j, is >= tau, and read out the mixture under a deadline
+     at the step reached (`score_adaptive(halt='mass')`; tau = 0 is Recipe 1's mixture, tau = 1 is `fixed 0`).
    Tokens per second of generation with the KV cache (`generate`, batch 1, median of `--gen-repeats`) for each decoder.
 4. Pareto points (no other point of the same seed has both fewer positions and a lower NLL), and the goal: an adaptive decoder
    with <= 40 % of Recipe 1's positions at <= 1 % worse NLL than the R1 model decoded with Recipe 1; adaptive = sampling or a
-   threshold strictly inside (0, 1) (tau = 1 never pauses, which is `fixed 0`).
+   threshold or mass rule strictly inside (0, 1) (tau = 1 never pauses, which is `fixed 0`; tau = 0 always pauses).
 The JSON is rewritten atomically after every seed, and a rerun skips the seeds already in it (with the same settings).
 """
 import argparse
@@ -55,7 +57,7 @@ def _tok_per_s(model, prompt, n, repeats, **kw) -> tuple[float, float]:
     return statistics.median(r["tokens_per_s"] for r in runs), statistics.mean(r["positions_per_token"] for r in runs)
 
 
-def decoders(n_pauses: int, thresholds, caps) -> list:
+def decoders(n_pauses: int, thresholds, caps, masses=()) -> list:
     "Every decoder of a pause model: (name, kind, parameter, score_adaptive kwargs or None for Recipe 1, generate kwargs)."
     out = [("recipe1", "recipe1", n_pauses, None, {})]
     out += [(f"fixed {k}", "fixed", k, dict(threshold=0.0, max_pauses=k), dict(mode="adaptive", threshold=0.0, max_pauses=k))
@@ -63,6 +65,7 @@ def decoders(n_pauses: int, thresholds, caps) -> list:
     out += [(f"threshold {t:g}", "threshold", t, dict(threshold=t), dict(mode="adaptive", threshold=t)) for t in thresholds]
     out += [(f"sample cap {k}", "sample", k, dict(halt="sample", max_pauses=k), dict(mode="adaptive", halt="sample", max_pauses=k))
             for k in caps]
+    out += [(f"mass {t:g}", "mass", t, dict(halt="mass", threshold=t), dict(mode="adaptive", halt="mass", threshold=t)) for t in masses]
     return out
 
 
@@ -73,8 +76,8 @@ def pareto(points: list) -> list:
 
 
 def adaptive(p: dict) -> bool:
-    "Whether a point's decoder really adapts: sampling, or a threshold strictly inside (0, 1) (0 always pauses, 1 never)."
-    return p["kind"] == "sample" or (p["kind"] == "threshold" and 0 < p["param"] < 1)
+    "Whether a point's decoder really adapts: sampling, or a threshold / mass rule strictly inside (0, 1) (0 always pauses, 1 never)."
+    return p["kind"] == "sample" or (p["kind"] in ("threshold", "mass") and 0 < p["param"] < 1)
 
 
 def goal(points: list) -> dict:
@@ -139,7 +142,7 @@ def run_seed(base, data, ft: FinetuneConfig, seed: int, a) -> dict:
     points.append(dict(model="CE", decoder="no pauses", kind="ce", param=0, nll=sf["mean_nll"], positions=sf["positions_per_token"],
                        pauses=0.0, tokens_per_s=tps, gen_positions=gpos))
     for m in ("R1", "R2"):
-        for name, kind, param, skw, gkw in decoders(3, a.thresholds, a.caps):
+        for name, kind, param, skw, gkw in decoders(3, a.thresholds, a.caps, a.masses):
             sc = score_fixed(models[m], val) if skw is None else score_adaptive(models[m], val, seed=seed, **skw)
             if skw is None:
                 diagnostics[m] = recipe1_diagnostics(sc)
@@ -185,6 +188,8 @@ def main(argv=None):
     ap.add_argument("--omega-train", type=float, nargs="+", default=[1, 1, 1, 1], help="R2's pause_counts (weights of 0..3 pauses)")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
     ap.add_argument("--caps", type=int, nargs="+", default=[1, 2, 3], help="max pauses of the sampling decoder")
+    ap.add_argument("--masses", type=float, nargs="+", default=[0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01],
+                    help="thresholds of the mass rule (pause while the don't-know mass left is >= tau)")
     ap.add_argument("--n-val", type=int, default=0, help="val rows scored (0: all)")
     ap.add_argument("--gen-tokens", type=int, default=57)
     ap.add_argument("--gen-repeats", type=int, default=3)
@@ -199,9 +204,9 @@ def main(argv=None):
     data = load_data("text", seq_len=bc.seq_len, train_split="finetune", **small)
     ft = FinetuneConfig(steps=3, warmup=1) if a.quick else FinetuneConfig(steps=a.steps)
     if a.quick:
-        a.thresholds, a.gen_repeats, a.gen_tokens = [0.0, 0.5, 1.0], 1, 16
+        a.thresholds, a.masses, a.gen_repeats, a.gen_tokens = [0.0, 0.5, 1.0], [0.0, 0.1, 1.0], 1, 16
     settings = dict(base=base.base_info["key"], finetune=asdict(ft), lr={"ce": ft.lr_for("ce"), "ap": ft.lr_for("ap")},
-                    omega_train=a.omega_train, thresholds=a.thresholds, caps=a.caps, n_val=a.n_val, gen_tokens=a.gen_tokens,
+                    omega_train=a.omega_train, thresholds=a.thresholds, caps=a.caps, masses=a.masses, n_val=a.n_val, gen_tokens=a.gen_tokens,
                     gen_repeats=a.gen_repeats, quick=a.quick, goal={"positions": GOAL_POSITIONS, "nll": GOAL_NLL})
     a.key = hashlib.sha256(json.dumps({k: settings[k] for k in ("base", "finetune", "lr", "omega_train")}, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(a.json)

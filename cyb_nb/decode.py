@@ -26,7 +26,7 @@ __all__ = ['READOUTS', 'HALTS', 'head_readout', 'readout', 'sample_next', 'token
 
 # %% ../nbs/08_decode.ipynb #0c5fcdcd
 READOUTS = ("mixture", "sample", "argmax_step")
-HALTS = ("threshold", "sample")
+HALTS = ("threshold", "sample", "mass")
 
 
 def _check_logits(logits, name: str = "logits") -> torch.Tensor:
@@ -324,7 +324,8 @@ def _check_decode_args(mode, rule, halt, threshold, max_pauses, pv):
     if halt not in HALTS:
         raise ValueError(f"halt must be one of {HALTS}, got {halt!r}")
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a number in [0, 1] (pause while d >= threshold), got {threshold!r}")
+        raise ValueError(f"threshold must be a number in [0, 1] (pause while d, or with halt='mass' the don't-know mass left, "
+                         f">= threshold), got {threshold!r}")
     if max_pauses is None:
         return pv.n_pauses
     if not isinstance(max_pauses, int) or isinstance(max_pauses, bool) or not 0 <= max_pauses <= pv.n_pauses:
@@ -348,15 +349,26 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _adaptive_token(model, cache, tok: torch.Tensor, pos: int, pv: PauseVocab, deadline: int, halt: str,
                     threshold: float, dk_prior: float, generator) -> tuple:
-    "Feed real token `tok` at position `pos`, then pauses while the model says `<don't know>`: `(log_y [V], pauses, d list)`."
+    "Feed real token `tok` at position `pos`, then pauses while the model says `<don't know>`: `(log_p [V], pauses, d list, s list)`."
     dev = tok.device
-    x, ds = tok.reshape(1, 1), []
+    x, ds, stops = tok.reshape(1, 1), [], []
+    log_left, log_mix = 0.0, None  # halt='mass': log of the mass not yet stopped, log of the mixture of the steps stopped so far
     for k in range(deadline + 1):
         z = model(x, position_ids=torch.full((1, 1), pos, dtype=torch.long, device=dev), cache=cache)[:, -1]
-        log_d, _, log_y = head_readout(z, dk_prior)
+        log_d, log_1md, log_y = head_readout(z, dk_prior)
         ds.append(float(log_d.exp()))
-        if k == deadline or bool(_respond(log_d, halt, threshold, generator)):
-            return log_y[0], k, ds
+        if halt == "mass":  # the readout is the mixture under a deadline at this step: the mass left all stops here
+            here = log_left + log_y[0]
+            done = k == deadline or float(log_left + log_d[0]) < (math.log(threshold) if threshold > 0 else -math.inf)
+            if done:
+                log_p = here if log_mix is None else torch.logaddexp(log_mix, here)
+                return log_p, k, ds, stops + [math.exp(log_left)] + [0.0] * (pv.W_max - k - 1)
+            stops.append(math.exp(log_left + float(log_1md[0])))
+            part = log_left + log_1md[0] + log_y[0]
+            log_mix = part if log_mix is None else torch.logaddexp(log_mix, part)
+            log_left = log_left + float(log_d[0])
+        elif k == deadline or bool(_respond(log_d, halt, threshold, generator)):
+            return log_y[0], k, ds, [float(i == k) for i in range(pv.W_max)]
         x = torch.full((1, 1), pv.pause_ids[k], dtype=torch.long, device=dev)
 
 
@@ -413,14 +425,14 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
         else:
             budget = _deadlines(omega, T0 + max_new_tokens, mp, pv, g)
             for t in range(T0):  # the prompt is read adaptively too, so its context looks like the generated one
-                log_y, k, ds = _adaptive_token(model, cache, ids[0, t], t, pv, budget[t], halt, threshold, dk_prior, g)
+                log_y, k, ds, stops = _adaptive_token(model, cache, ids[0, t], t, pv, budget[t], halt, threshold, dk_prior, g)
             for n in range(max_new_tokens):
                 tok = sample_next(log_y[None], temperature, top_k, g)
-                yield TokenEvent(int(tok), text([int(tok)]), float(k), k + 1, ds, [float(i == k) for i in range(W)], k)
+                yield TokenEvent(int(tok), text([int(tok)]), float(k), k + 1, ds, stops, k if halt != "mass" else -1)
                 if n + 1 == max_new_tokens or (eos_id is not None and int(tok) == eos_id):
                     return
-                log_y, k, ds = _adaptive_token(model, cache, tok[0], T0 + n, pv, budget[T0 + n], halt, threshold,
-                                               dk_prior, g)
+                log_y, k, ds, stops = _adaptive_token(model, cache, tok[0], T0 + n, pv, budget[T0 + n], halt, threshold,
+                                                      dk_prior, g)
     finally:
         model.train(was_training)
 
@@ -481,7 +493,7 @@ def score_fixed(model: nn.Module, ids: torch.Tensor, dk_prior: float = 0.9, omeg
 def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold", threshold: float = 0.5,
                    max_pauses: int | None = None, omega=None, dk_prior: float = 0.9, seed: int = 0,
                    pv: PauseVocab | None = None) -> dict:
-    "Adaptive decoding of `ids [B, T]` teacher-forced: per-token NLL at the answering step, pauses used, `d` per step, means."
+    "Adaptive decoding of `ids [B, T]` teacher-forced: per-token NLL of the readout (the answering step, or with `halt='mass'` the deadline mixture), pauses used, `d` per step, means."
     pv = _pause_vocab(model, pv)
     mp = _check_decode_args("adaptive", "mixture", halt, threshold, max_pauses, pv)
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.numel() == 0:
@@ -499,6 +511,10 @@ def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold",
     t_idx = torch.zeros(B, dtype=torch.long, device=dev)  # the real token each row is working on
     k_idx = torch.zeros(B, dtype=torch.long, device=dev)  # its current step
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    mass = halt == "mass"
+    log_left = torch.zeros(B, dtype=torch.float64, device=dev)  # halt='mass': log of the mass not yet stopped before this step
+    log_mix = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)  # log sum_{i<k} s_i t_i of the steps stopped so far
+    log_eps = math.log(threshold) if threshold > 0 else -math.inf
     x = ids[:, 0]
     was_training = model.training
     model.eval()
@@ -506,15 +522,24 @@ def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold",
         cache = new_cache(model)
         while not bool(done.all()):  # every row feeds exactly one stream position per call: the cache stays rectangular
             z = model(x[:, None], position_ids=t_idx[:, None], cache=cache)[:, -1]
-            log_d, _, log_y = head_readout(z, dk_prior)
+            log_d, log_1md, log_y = head_readout(z, dk_prior)
             act = ~done
             tt = t_idx.clamp(max=T - 1)
             d[rows[act], tt[act], k_idx[act]] = log_d[act].exp()
-            ans = act & (_respond(log_d, halt, threshold, g) | (k_idx >= budget[rows, tt]))
+            nxt = ids[rows, (t_idx + 1).clamp(max=T - 1)]
+            log_t = log_y[rows, nxt].double()
+            if mass:  # answer once the don't-know mass left after this step is below the threshold; read out the deadline mixture
+                respond = log_left + log_d.double() < log_eps
+                log_read = torch.logaddexp(log_mix, log_left + log_t)
+            else:
+                respond, log_read = _respond(log_d, halt, threshold, g), log_t
+            ans = act & (respond | (k_idx >= budget[rows, tt]))
             pauses[rows[ans], tt[ans]] = k_idx[ans]
             has_tgt = ans & (t_idx + 1 < T)
-            nxt = ids[rows, (t_idx + 1).clamp(max=T - 1)]
-            nll[rows[has_tgt], tt[has_tgt]] = -log_y[has_tgt, nxt[has_tgt]].double()
+            nll[rows[has_tgt], tt[has_tgt]] = -log_read[has_tgt]
+            if mass:  # a row that answered starts its next token afresh; one that pauses carries its stopped mass forward
+                log_mix = torch.where(ans, -math.inf, torch.logaddexp(log_mix, log_left + log_1md.double() + log_t))
+                log_left = torch.where(ans, 0.0, log_left + log_d.double())
             # answered rows move to their next real token, the others get their next pause at the same position
             t_idx = torch.where(ans, t_idx + 1, t_idx)
             x = torch.where(ans, nxt, pause_tab[k_idx.clamp(max=W - 1)])

@@ -136,6 +136,55 @@ def test_adaptive_matches_uncached_recipe2_stream(model, threshold):
             assert all(d[i] >= threshold for i in range(k)) and (k == 3 or d[k] < threshold)
 
 
+class Wobble(Forced):
+    "Test wrapper: a δ logit that varies with the input id and position (the same in cached and uncached calls), so d spreads."
+
+    def forward(self, ids, position_ids=None, **kw):
+        z = self.model(ids, position_ids=position_ids, **kw).clone()
+        z[..., -1] = 3.0 * torch.sin(1.3 * ids + 0.7 * position_ids)
+        return z
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_mass_rule_matches_float64_reference(model, threshold):
+    "halt='mass': pause while the mass not yet stopped, prod_j<=k d_j, is >= threshold; NLL of the deadline mixture, in float64."
+    ids = ids_(3, 8, seed=4)
+    model = Wobble(model, 0.0)
+    sa = score_adaptive(model, ids, halt="mass", threshold=threshold)
+    with torch.no_grad():
+        sl, _ = forward_steps(model, ids, model.pause_vocab, counts=sa["pauses"])  # the stream the decoder says it built
+    d_all = head_readout(sl.double())[0].exp()  # δ probability per step, in float64 (head_readout is checked against the losses' head)
+    y_all = torch.softmax(sl[..., :-1].double(), -1)
+    ks = set()
+    for b in range(3):
+        for t in range(8):
+            k = int(sa["pauses"][b, t])
+            ks.add(k)
+            d = d_all[b, t]
+            left = [math.prod(float(d[j]) for j in range(i + 1)) for i in range(4)]  # L_i
+            assert all(left[i] >= threshold for i in range(k)) and (k == 3 or left[k] < threshold)
+            if t < 7:
+                y = y_all[b, t, :, ids[b, t + 1]]
+                stopped = [(1 - float(d[i])) * (left[i - 1] if i else 1.0) for i in range(k)]
+                p = sum(s * float(y[i]) for i, s in enumerate(stopped)) + (left[k - 1] if k else 1.0) * float(y[k])
+                assert abs(float(sa["nll"][b, t]) + math.log(p)) < 1e-4
+    if 0 < threshold < 1:
+        assert len(ks) > 1, "the test should exercise more than one stopping step"
+
+
+def test_mass_rule_ends_are_recipe1_and_answer_at_once(model):
+    ids = ids_(3, 8, seed=5)
+    assert score_adaptive(model, ids, halt="mass", threshold=0.0)["mean_nll"] == pytest.approx(score_fixed(model, ids)["mean_nll"], abs=1e-5)
+    assert score_adaptive(model, ids, halt="mass", threshold=1.0)["mean_nll"] == pytest.approx(
+        score_adaptive(model, ids, threshold=1.0)["mean_nll"], abs=1e-9)
+    g_fixed = generate(model, [1, 2, 3], 8, temperature=0)
+    g_mass = generate(model, [1, 2, 3], 8, mode="adaptive", halt="mass", threshold=0.0, temperature=0)
+    assert g_mass["tokens"] == g_fixed["tokens"] and g_mass["positions_per_token"] == 4
+    for e in generate(model, [1, 2, 3], 8, mode="adaptive", halt="mass", threshold=0.8, seed=0)["events"]:
+        assert sum(e.s) == pytest.approx(1.0, abs=1e-6) and e.step == -1 and e.positions == e.pauses + 1
+        assert all(x == 0 for x in e.s[e.positions:])  # no mass past the step where it stopped
+
+
 # ---------------------------------------------------------------- statistics
 
 
@@ -307,9 +356,10 @@ def test_tradeoff_pareto_and_goal_on_hand_made_points():
     pts = [P("CE", "no pauses", "ce", 0, 1.0, 3.00), P("R1", "recipe1", "recipe1", 3, 4.0, 2.90),
            P("R1", "threshold 0.5", "threshold", 0.5, 1.5, 2.92), P("R1", "threshold 1", "threshold", 1.0, 1.0, 2.80),
            P("R1", "fixed 1", "fixed", 1, 2.0, 2.95), P("R2", "recipe1", "recipe1", 3, 4.0, 2.91),
-           P("R2", "sample cap 1", "sample", 1, 1.7, 2.85)]
-    assert dt.pareto(pts) == [False, False, False, True, False, False, False]  # threshold 1 dominates everything here
-    assert [dt.adaptive(p) for p in pts] == [False, False, True, False, False, False, True]
+           P("R2", "sample cap 1", "sample", 1, 1.7, 2.85), P("R2", "mass 0", "mass", 0.0, 4.0, 2.91),
+           P("R2", "mass 0.1", "mass", 0.1, 1.8, 2.95)]
+    assert dt.pareto(pts) == [False, False, False, True, False, False, False, False, False]  # threshold 1 dominates everything here
+    assert [dt.adaptive(p) for p in pts] == [False, False, True, False, False, False, True, False, True]
     g = dt.goal(pts)
     assert g["max_positions"] == pytest.approx(1.6) and g["max_nll"] == pytest.approx(2.90 * 1.01)
     assert g["R1"]["decoder"] == "threshold 0.5" and g["R1"]["met"]  # tau = 1 never pauses: not counted as adaptive
@@ -338,6 +388,8 @@ def test_tradeoff_benchmark_quick_run(tmp_path):
         assert by[(m, "threshold 1")]["nll"] == by[(m, "fixed 0")]["nll"]  # never pausing is fixed 0
         assert by[(m, "fixed 2")]["positions"] == 3.0
         assert 1.0 <= by[(m, "sample cap 1")]["positions"] <= 2.0
+        assert by[(m, "mass 0")]["positions"] == 4.0 and by[(m, "mass 0")]["nll"] == pytest.approx(by[(m, "recipe1")]["nll"], abs=1e-5)
+        assert by[(m, "mass 1")]["nll"] == pytest.approx(by[(m, "fixed 0")]["nll"], abs=1e-9)  # tau = 1: answer at once
     assert all(q["tokens_per_s"] > 0 for q in pts)
     for q in pts:  # Pareto flags by brute force
         dominated = any(r["positions"] <= q["positions"] and r["nll"] <= q["nll"] and (r["positions"], r["nll"]) != (q["positions"], q["nll"])
