@@ -114,6 +114,8 @@ DIFFICULTY_PRESETS = {
                              steps=20, batch_size=8, warmup=2)), steps=4, batch_size=8, warmup=1, seeds=(0, 1), min_count=2, top_k=2),
     # the measured run (benchmarks/difficulty_regime.json): a 2-layer base that has learnt the easy levels, 3 seeds, one CPU thread
     "cpu": DifficultyConfig(),
+    # does a longer fine-tune let the pauses pay on the levels the base never learnt? CE vs CYB-AP, four times the steps, one seed
+    "cpu_long": DifficultyConfig(steps=1200, seeds=(0,), settings=("ce", "ap")),
 }
 
 
@@ -344,7 +346,7 @@ def plot_levels(doc: dict, axes=None):
         axes[1].axhline(math.log(5), color="grey", ls=":", lw=0.8)
     return axes
 
-# %% ../nbs/15_difficulty.ipynb #84c603d8
+# %% ../nbs/15_difficulty.ipynb #8dda971a
 class TaskTokenizer:
     "encode/decode for a synthetic task's symbols (space-separated), so that text widgets such as `PauseExplorer` read task rows."
 
