@@ -133,6 +133,13 @@ def test_script_end_to_end(tmp_path):
     assert math.isclose(sum(v["n"] * v["pauses"] for v in ap["by_level"].values()) / ap["n_tokens"], ap["mean_pauses"], rel_tol=1e-6)
     assert doc["grown"]["mean_pauses"] > 2.0  # the δ prior (0.9) before fine-tuning: ≈ 0.9 + 0.81 + 0.73 pauses
     assert "### Per difficulty level" in p.stdout and "### The goal, per seed" in p.stdout
+    tt = D.difficulty_token_rows(doc)
+    assert [r["quadrant"] for r in tt] == list(D.PAPER_TABLE3) and all(r["paper"] == D.PAPER_TABLE3[r["quadrant"]] for r in tt)
+    axes = D.plot_levels(doc)
+    n_levels = len(doc["base"]["by_level"])
+    assert len(axes[0].patches) == 2 * n_levels and len(axes[1].patches) == 4 * n_levels  # pauses: ap, dp; NLL: base, ce, ap, dp
+    import matplotlib.pyplot as plt
+    plt.close(axes[0].figure)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
     model, loss = model_from_checkpoint(ck / "ap.pt")
     assert loss.name == "ap" and model.pause_vocab.n_pauses == 3 and load_base(ck / "base.pt").pause_vocab.n_pauses == 0
