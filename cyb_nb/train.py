@@ -318,7 +318,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from e
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # keep torch's fault, not its advice to drop weights_only
+        detail = next((lines[i + 1] for i, l in enumerate(lines[:-1]) if "WeightsUnpickler error" in l), lines[0] if lines else "")
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint that loads with weights_only=True "
+                         f"({type(e).__name__}{': ' + detail if detail else ', an empty or truncated file'})") from e
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a cyb_nb checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return obj

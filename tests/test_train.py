@@ -154,8 +154,10 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="bad.pt"):
+    with pytest.raises(ValueError, match="bad.pt") as err:
         load_checkpoint(bad)
+    assert "corrupt" in str(err.value) and "\n" not in str(err.value)  # one line, no advice to load it unsafely
+    assert "`weights_only` set to `False`" not in str(err.value)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a cyb_nb checkpoint"):
