@@ -3,6 +3,7 @@
 * every code cell that draws or prints (print, display, show_doc, Markdown, a plotting call, or a bare expression as its last
   statement) holds at least one output, and no cell holds an error;
 * every notebook that draws has at least one stored image;
+* every notebook carries the python3 kernelspec, so Jupyter, VS Code and Colab open it without a "Select Kernel" dialog;
 * notebooks listed in NOT_YET_EXECUTED are skipped (with a line saying so) — the list is for a chapter that is being rewritten; keep it
   empty on main.
 `.ci/run` also checks that `nbdev_clean` leaves nbs/ unchanged. Refresh the outputs with `python .ci/execute_notebooks.py`.
@@ -58,6 +59,8 @@ def problems(path: Path) -> list:
     "What is missing from one notebook's stored outputs."
     nb = json.loads(path.read_text(encoding="utf-8"))
     out, draws, images = [], False, 0
+    if nb.get("metadata", {}).get("kernelspec", {}).get("name") != "python3":
+        out.append("has no python3 kernelspec (Jupyter would open it with a 'Select Kernel' dialog)")
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code" or "eval:false" in _directives(cell):
             continue
