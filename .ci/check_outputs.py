@@ -3,6 +3,8 @@
 * every code cell that draws or prints (print, display, show_doc, Markdown, a plotting call, or a bare expression as its last
   statement) holds at least one output, and no cell holds an error;
 * every notebook that draws has at least one stored image;
+* no stored Markdown output carries Quarto attribute markup (`{target="_blank" ...}`), which JupyterLab, GitHub and the docs site
+  show as raw text (`show_doc` renders through `cyb_nb.docs.DocRenderer`, named in settings.ini);
 * every notebook carries the python3 kernelspec, so Jupyter, VS Code and Colab open it without a "Select Kernel" dialog;
 * notebooks listed in NOT_YET_EXECUTED are skipped (with a line saying so) — the list is for a chapter that is being rewritten; keep it
   empty on main.
@@ -68,6 +70,8 @@ def problems(path: Path) -> list:
         images += sum("image/png" in o.get("data", {}) for o in outputs)
         visible = _top_level(code)
         draws |= bool(DRAWS.search(visible))
+        if any("{target=" in "".join(o.get("data", {}).get("text/markdown", "")) for o in outputs):
+            out.append(f"cell {i} ({cell.get('id')}) shows raw Quarto link markup: re-run it (show_doc renders through cyb_nb.docs)")
         if any(o.get("output_type") == "error" for o in outputs):
             out.append(f"cell {i} ({cell.get('id')}) holds an error")
         if (SHOWS.search(visible) or _ends_in_expression(code)) and not outputs:

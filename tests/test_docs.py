@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT / ".ci"))
 import check_outputs  # noqa: E402
 
 
-def _nb(cells):
-    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+def _nb(cells, kernelspec=True):
+    meta = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}} if kernelspec else {}
+    return {"cells": cells, "metadata": meta, "nbformat": 4, "nbformat_minor": 5}
 
 
 def _code(src, outputs=()):
@@ -32,11 +33,15 @@ def test_output_check_catches_what_a_reader_would_miss(tmp_path):
         ([("fig, ax = plt.subplots()\nax.plot([1])", text)], 1),  # draws, but no image stored anywhere
         ([("fig, ax = plt.subplots()\nax.plot([1])", png)], 0), ([("#| eval: false\nprint(1)",)], 0),
         ([("y = f()", {"output_type": "error", "ename": "E", "evalue": "", "traceback": []})], 1),
+        ([("show_doc(f)", {"output_type": "execute_result", "execution_count": None, "metadata": {},
+                           "data": {"text/markdown": '[source](u){target="_blank"}\n\n### f'}})], 1),  # raw Quarto markup
     ]
     for cells, n in cases:
         p = tmp_path / "t.ipynb"
         p.write_text(json.dumps(_nb([_code(src, outs) for src, *outs in cells])))
         assert len(check_outputs.problems(p)) == n, (cells, check_outputs.problems(p))
+    p.write_text(json.dumps(_nb([_code("x = 1")], kernelspec=False)))  # Jupyter would ask "Select Kernel"
+    assert [m for m in check_outputs.problems(p) if "kernelspec" in m]
 
 
 def test_every_notebook_is_stored_with_its_outputs():
