@@ -8,14 +8,22 @@ from __future__ import annotations
 from fastcore.docments import MarkdownRenderer
 
 # %% auto #0
-__all__ = ['DocRenderer']
+__all__ = ['library_module', 'DocRenderer']
 
 # %% ../nbs/A1_docs.ipynb #361f9e1e
+def library_module(sym, name: str) -> str | None:
+    "The `cyb_nb` module that exports `name` (e.g. 'LossConfig.from_name'), or None for a symbol outside the library."
+    mod = getattr(sym, "__module__", None) or ""
+    if mod.split(".")[0] == "cyb_nb":
+        return mod
+    from cyb_nb._modidx import d  # a chapter's own definitions live in __main__: look the name up in nbdev's index
+    return next((m for m, syms in d["syms"].items() if f"{m}.{name}" in syms), None)
+
+
 class DocRenderer(MarkdownRenderer):
     "Markdown for `show_doc`: a rule, a heading, the import line of a library symbol, then the signature and docstring."
     def _repr_markdown_(self):
         head = f"---\n\n{'#' * self.title_level} {self.nm}\n\n"
-        mod = getattr(self.sym, "__module__", None) or ""
-        if mod.split(".")[0] == "cyb_nb":
+        if mod := library_module(self.sym, self.nm):
             head += f"`from {mod} import {self.nm.split('.')[0]}`\n\n"
         return head + super()._repr_markdown_()
