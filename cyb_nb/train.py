@@ -26,14 +26,14 @@ from .models import PauseLM, TinyGPT, TinyGPTConfig, forward_steps, grow_pause_m
 from .stream import IGNORE_INDEX, PauseVocab, sample_pause_counts
 
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR',
-           'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of', 'pick_device',
-           'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
-           'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'History', 'cosine_schedule',
-           'check_pause_counts', 'train_pause_counts', 'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class',
-           'matmul_params', 'train_flops', 'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint',
-           'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base', 'FinetuneConfig',
-           'finetune', 'load_base_model']
+__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'PIPE_REFRESH_S', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT',
+           'TUNED_LR', 'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of',
+           'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
+           'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'progress_bar', 'History',
+           'cosine_schedule', 'check_pause_counts', 'train_pause_counts', 'make_optimizer', 'train', 'TokenDataset',
+           'cyb_trainer_class', 'matmul_params', 'train_flops', 'train_memory', 'BaseConfig', 'base_cache_dir',
+           'data_fingerprint', 'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base',
+           'FinetuneConfig', 'finetune', 'load_base_model']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -484,6 +484,19 @@ def _nonfinite_message(what: str, step: int, lr: float, last_saved) -> str:
     return (f"non-finite {what} at step {step}: training stopped before this update and saved nothing from it ({kept}); "
             f"lower the learning rate (lr={lr}) or check the data")
 
+# %% ../nbs/07_train.ipynb #e6da723b
+PIPE_REFRESH_S = 10.0  # seconds between redraws of a progress bar whose output is a file or a pipe
+
+
+def progress_bar(total: int, initial: int = 0, disable: bool = False, desc: str | None = None, file=None):
+    "A tqdm bar: live in Jupyter and on a terminal; to a file or pipe it redraws at most every `PIPE_REFRESH_S` s (bounded log lines)."
+    import sys
+    from tqdm.auto import tqdm
+    f = sys.stderr if file is None else file
+    live = tqdm.__module__.startswith("tqdm.notebook") or bool(getattr(f, "isatty", lambda: False)())
+    kw = {} if live else dict(mininterval=PIPE_REFRESH_S, maxinterval=max(PIPE_REFRESH_S, 10.0))
+    return tqdm(total=total, initial=initial, disable=disable, desc=desc, dynamic_ncols=live, file=f, **kw)
+
 # %% ../nbs/07_train.ipynb #c59a6498
 class History(list):
     "Rows of training metrics (dicts), one per optimizer step; eval metrics appear in the rows where evaluation ran."
@@ -641,8 +654,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg, sampler, history, extra={"train_args": args})
             last_saved = (step, ckpt_path)
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc or f"train {cfg.name}", dynamic_ncols=True)
+    bar = progress_bar(steps, start, disable=not progress, desc=desc or f"train {cfg.name}")
     t0, tokens = time.perf_counter() - (history[-1]["time"] if history else 0.0), (history[-1]["tokens"] if history else 0)
     params = [p for p in model.parameters() if p.requires_grad]
     step = start
@@ -673,9 +685,9 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
             if step % eval_every == 0 or step == steps:
                 ev = evaluate(model, sp, cfg, batch_size=eval_batch_size or batch_size, max_batches=eval_batches, amp=amp)
                 row.update({("val_pauses" if k == "mean_pauses" else f"val_{k}"): v for k, v in ev.items() if k != "n_tokens"})
-                bar.set_postfix(loss=f"{total:.3f}", val_bits=f"{ev['bits']:.3f}", pauses=f"{ev['mean_pauses']:.2f}")
+                bar.set_postfix(loss=f"{total:.3f}", val_bits=f"{ev['bits']:.3f}", pauses=f"{ev['mean_pauses']:.2f}", refresh=False)
             else:
-                bar.set_postfix(loss=f"{total:.3f}")
+                bar.set_postfix(loss=f"{total:.3f}", refresh=False)
             history.append(row)
             bar.update(1)
             if log_f is not None:

@@ -521,3 +521,22 @@ def test_pause_counts_needs_pauses_and_goes_through_finetune():
     m2, h2 = finetune(base, DATA, "ap", cfg, progress=False, eval_every=2)
     m3, h3 = finetune(base, DATA, "ap", cfg, progress=False, eval_every=2, pause_counts=OMEGA)
     assert _losses(h1) != _losses(h2) and _losses(h1) == _losses(h3) and _weights_equal(m1, m3)
+
+
+def test_progress_bar_in_a_log_file_writes_a_bounded_number_of_lines(tmp_path):
+    "A bar written to a file or pipe redraws at most every PIPE_REFRESH_S seconds; its closing line keeps the final figures."
+    import subprocess
+    import sys
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from cyb_nb.train import make_model, train\n"
+            "from cyb_nb.data import load_data\n"
+            "d = load_data('modsum', seq_len=16, n_train=64, n_val=16)\n"
+            "m = make_model(d, 'ap', size=dict(d_model=16, n_layers=1, n_heads=2))\n"
+            "train(m, d, 'ap', steps=120, batch_size=4, eval_every=40, eval_batches=1)\n")
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-c", code], stderr=f, stdout=subprocess.DEVNULL, timeout=600)
+    assert r.returncode == 0, log.read_text()[-2000:]
+    redraws = [l for l in log.read_text().replace("\r", "\n").splitlines() if "train ap" in l]
+    assert 1 <= len(redraws) <= 6, len(redraws)  # one per step (120) before the fix
+    assert "120/120" in redraws[-1] and "val_bits=" in redraws[-1]
