@@ -76,3 +76,33 @@ def test_docs_site_renders_formulas_and_figures(chapter):
     labels = re.findall(r"(\d\d) · [^<]+?\s*</", dom)  # chapter labels in page order: the title, then the navigation
     nav = list(dict.fromkeys(labels[labels.index("00"):]))
     assert nav == sorted(nav) and {"00", "01", "10", "14"} <= set(nav), f"chapters missing or out of order: {nav}"
+
+
+def _png_size(path: Path) -> tuple:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_docs_site_screenshot_is_taken_from_the_built_site():
+    """The front page's picture of the docs site is retaken from the site just built (1280×1000, the stopping-time chapter),
+    so it shows the current navigation and cannot go stale."""
+    site = ROOT / "_site"
+    required = os.environ.get("CYB_NB_REQUIRE_DOCS_TEST") == "1"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not required and not (site / "index.html").exists():
+        pytest.skip("the docs site is not built here: `pip install -e \".[docs]\" && python .ci/build_docs.py` (.ci/run does)")
+    if not required and not chromium:
+        pytest.skip("headless Chromium is not installed here: `apt-get install chromium` (.ci/run does)")
+    out = ROOT / "nbs" / "images" / "docs_site.png"
+    with tempfile.TemporaryDirectory() as profile:
+        shot = Path(profile) / "shot.png"
+        r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                            f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--window-size=1280,1000",
+                            f"--screenshot={shot}", (site / "01_stopping" / "index.html").as_uri()],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+        assert _png_size(shot) == (1280, 1000)
+        assert shot.stat().st_size > 20_000, "the screenshot is (nearly) blank"
+        shutil.copyfile(shot, out)
