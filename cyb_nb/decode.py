@@ -22,7 +22,7 @@ from .stream import IGNORE_INDEX, PauseVocab, expand, sample_pause_counts
 __all__ = ['READOUTS', 'HALTS', 'head_readout', 'readout', 'sample_next', 'token_stats', 'latency_histogram',
            'expected_latency_histogram', 'spearman', 'calibration', 'pause_stats_by_token', 'pause_table',
            'plot_latency', 'plot_calibration', 'TokenEvent', 'new_cache', 'stream_generate', 'generate',
-           'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html']
+           'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html', 'generate_batch']
 
 # %% ../nbs/08_decode.ipynb #0c5fcdcd
 READOUTS = ("mixture", "sample", "argmax_step")
@@ -587,3 +587,151 @@ def events_html(events: Sequence[TokenEvent], W: int = 4) -> str:
         spans.append(f'<span title="pauses {e.pauses:.2f}" style="background: rgba(220,60,40,{0.1 + 0.8 * a:.2f})">'
                      f"{html.escape(e.text)}</span>")
     return "<div style='font-family: monospace; line-height: 1.8'>" + "".join(spans) + "</div>"
+
+# %% ../nbs/08_decode.ipynb #b7c1d002
+def _row_generators(seeds, B: int, seed: int | None) -> tuple:
+    "Per-row generators from `seeds` (B ints: row r draws exactly as a single-row decoder seeded `seeds[r]`), or one shared generator."
+    if seeds is None:
+        return None, (torch.Generator().manual_seed(seed) if seed is not None else None)
+    if seed is not None:
+        raise ValueError("give either seed (one generator shared by the batch) or seeds (one per row), not both")
+    if not isinstance(seeds, (list, tuple)) or len(seeds) != B or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a list of {B} ints (one per prompt), got {seeds!r}")
+    return [torch.Generator().manual_seed(s) for s in seeds], None
+
+
+def _draw_rows(idx: torch.Tensor, fn: Callable, shared, gens) -> tuple:
+    """`fn(idx, generator) -> tuple of tensors` for the rows `idx`: in one call with the shared generator, or row by row with
+    `gens[j]`, the generator of row `idx[j]` (so each row draws what it would draw alone), concatenated."""
+    if gens is None:
+        return fn(idx, shared)
+    parts = [fn(idx[j:j + 1], gens[j]) for j in range(len(idx))]
+    return tuple(torch.cat(c) for c in zip(*parts))
+
+
+@torch.no_grad()
+def generate_batch(model: nn.Module, prompts: Sequence, max_new_tokens: int = 32, mode: str = "fixed",
+                   readout_rule: str = "mixture", halt: str = "threshold", threshold: float = 0.5, max_pauses: int | None = None,
+                   omega=None, temperature: float = 1.0, top_k: int | None = None, dk_prior: float = 0.9,
+                   seed: int | None = None, seeds: Sequence[int] | None = None, eos_id: int | None = None,
+                   pv: PauseVocab | None = None) -> dict:
+    """Decode B prompts together under the same rules as `stream_generate`, with one rectangular KV cache and no padding.
+
+    Every call feeds each row its own next chunk at its own position id: under Recipe 1 (`mode='fixed'`) a real token and its
+    W−1 pauses (W positions); adaptively one position, the row's next real token once it has answered or its next `<pause_k>`
+    while it waits. Rows drift apart in their real-token index but never in cache length. Prompts are read chunk by chunk
+    (adaptively: pausing as they would), so prompts of different lengths need no padding. A finished row (EOS or
+    `max_new_tokens`) keeps feeding a pause that nothing reads; it changes no other row, since a row attends only to its own
+    cache. With `seeds` (one int per row) row r draws exactly what `stream_generate(..., seed=seeds[r])` draws, in the same
+    order; with `seed` the rows share one generator (faster: one draw per call for the whole batch).
+
+    Returns `tokens` and `pauses` (lists per row, as `TokenEvent.pauses`), `calls` (forward calls of the batch), `positions`
+    (positions fed for the tokens that produced a generated token, as `generate` counts them), `seconds`, `tokens_per_s` and
+    `positions_per_token`."""
+    pv = _pause_vocab(model, pv)
+    mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty list of prompts (each a list of ids or a 1-D tensor), got {type(prompts).__name__}")
+    dev = _model_device(model)
+    rows = [_as_prompt(p, pv.vocab_size)[0] for p in prompts]
+    B, W, N = len(rows), pv.W_max, max_new_tokens
+    per_row, shared = _row_generators(list(seeds) if seeds is not None else None, B, seed)
+    T0 = torch.tensor([len(r) for r in rows])
+    longest = int(T0.max())
+    max_pos = getattr(getattr(model, "config", None), "max_positions", None)
+    if isinstance(max_pos, int) and longest + N - 1 > max_pos:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {N} - 1 exceeds the model's max_positions={max_pos}")
+    seq = torch.zeros(B, longest + N, dtype=torch.long)  # each row's real tokens: its prompt, then what it generates
+    for r, p in enumerate(rows):
+        seq[r, :len(p)] = p
+    n_out = torch.zeros(B, dtype=torch.long)
+    pauses = torch.zeros(B, N)
+    live = torch.ones(B, dtype=torch.bool)
+    pos = torch.zeros(B, dtype=torch.long)  # index of the real token each row is on
+    ar = torch.arange(B)
+    pause_ids = torch.tensor(list(pv.pause_ids) or [0], dtype=torch.long)  # (a W = 1 model never feeds one)
+    eos = -1 if eos_id is None else eos_id
+    calls = positions = 0
+
+    def emit(idx: torch.Tensor, log_p: torch.Tensor, paused: torch.Tensor, gens):
+        "Sample a token for rows `idx` from `log_p [len(idx), V]`, append it, record `paused`, retire finished rows."
+        new, = _draw_rows(torch.arange(len(idx)), lambda j, g: (sample_next(log_p[j], temperature, top_k, g).cpu(),), shared, gens)
+        seq[idx, pos[idx] + 1] = new
+        pauses[idx, n_out[idx]] = paused
+        n_out[idx] += 1
+        live[idx] = ~((n_out[idx] == N) | (new == eos))
+
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        cache = new_cache(model)
+        if mode == "fixed":
+            k_of = torch.arange(W, dtype=torch.float32)
+            while bool(live.any()):
+                chunk = torch.cat([seq[ar, pos][:, None], pause_ids.expand(B, W - 1)], 1)
+                z = model(chunk.to(dev), position_ids=pos[:, None].expand(B, W).to(dev), cache=cache)
+                ready = live & (pos >= T0 - 1)  # rows on their last prompt token or a generated one
+                calls, positions = calls + 1, positions + W * int(ready.sum())
+                idx = ready.nonzero().flatten()
+                if len(idx):
+                    log_d, log_1md, log_y = head_readout(z[idx.to(dev)], dk_prior)
+                    log_s = log_stop_probs(log_d, log_1md, omega=omega)
+                    gens = None if per_row is None else [per_row[r] for r in idx.tolist()]
+                    log_p, step = _draw_rows(torch.arange(len(idx)), lambda j, g: readout(log_y[j], log_s[j], readout_rule, g),
+                                             shared, gens)
+                    step = step.cpu()
+                    paused = torch.where(step >= 0, step.float(), (log_s.exp().cpu() * k_of).sum(-1))
+                    emit(idx, log_p, paused, gens)
+                pos = torch.where(live, pos + 1, pos)
+        else:
+            budget = torch.full((B, longest + N), mp, dtype=torch.long)  # each row draws its own T0 + N deadlines, as alone
+            for r in range(B):
+                budget[r, :int(T0[r]) + N] = torch.tensor(_deadlines(omega, int(T0[r]) + N, mp, pv, per_row[r] if per_row else shared))
+            k = torch.zeros(B, dtype=torch.long)  # pauses fed so far for the row's current token
+            log_left = torch.zeros(B)
+            log_mix = torch.full((B, pv.vocab_size), -math.inf)
+            log_thr = math.log(threshold) if threshold > 0 else -math.inf
+            while bool(live.any()):
+                x = torch.where(k == 0, seq[ar, pos], pause_ids[(k - 1).clamp(min=0)])
+                z = model(x[:, None].to(dev), position_ids=pos[:, None].to(dev), cache=cache)[:, -1]
+                calls, positions = calls + 1, positions + int((live & (pos >= T0 - 1)).sum())
+                log_d, log_1md, log_y = (a.cpu() for a in head_readout(z, dk_prior))
+                at_deadline = k == budget[ar, pos]
+                if halt == "mass":  # as `_adaptive_token`: the mixture under a deadline at the step reached
+                    done = at_deadline | (log_left + log_d < log_thr)
+                    log_p = torch.logaddexp(log_mix, log_left[:, None] + log_y)
+                    go_on = ~done
+                    log_mix = torch.where(go_on[:, None], torch.logaddexp(log_mix, (log_left + log_1md)[:, None] + log_y), log_mix)
+                    log_left = torch.where(go_on, log_left + log_d, log_left)
+                else:
+                    log_p = log_y
+                    if halt == "threshold":
+                        answer = log_d.exp() < threshold
+                    else:  # δ ~ Bernoulli(d) for each live row not at its deadline, drawn as the single-row decoder draws
+                        need = (live & ~at_deadline).nonzero().flatten()
+                        answer = torch.zeros(B, dtype=torch.bool)
+                        if len(need):
+                            u, = _draw_rows(need, lambda j, g: (torch.rand(len(j), generator=g),), shared,
+                                            None if per_row is None else [per_row[r] for r in need.tolist()])
+                            answer[need] = u >= log_d[need].exp()
+                    done = at_deadline | answer
+                done &= live
+                idx = (done & (pos >= T0 - 1)).nonzero().flatten()
+                if len(idx):
+                    emit(idx, log_p[idx], k[idx].float(), None if per_row is None else [per_row[r] for r in idx.tolist()])
+                pos = torch.where(done & live, pos + 1, pos)
+                k = torch.where(done, 0, k + 1)
+                k = torch.where(live, k, min(1, W - 1))  # a finished row feeds <pause_1>, which nobody reads
+                log_left = torch.where(done, 0.0, log_left)
+                log_mix = torch.where(done[:, None], -math.inf, log_mix)
+    finally:
+        model.train(was_training)
+    dt = time.perf_counter() - t0
+    n_tok = int(n_out.sum())
+    return {"tokens": [seq[r, int(T0[r]):int(T0[r]) + int(n_out[r])].tolist() for r in range(B)],
+            "pauses": [pauses[r, :int(n_out[r])].tolist() for r in range(B)], "calls": calls, "positions": positions,
+            "seconds": dt, "tokens_per_s": n_tok / dt, "positions_per_token": positions / n_tok}
+

@@ -85,11 +85,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # %% ../nbs/05_models.ipynb #aa027a29
 class KVCache:
-    "Per-layer cached keys/values `[B, H, L, head_dim]`, grown in place by `update`; `len(cache)` = cached positions."
+    "Per-layer cached keys/values `[B, H, L, head_dim]`, appended in place by `update`; `len(cache)` = cached positions."
 
     def __init__(self, n_layers: int | None = None):  # n_layers is accepted for symmetry; layers are added as they come
-        self.keys: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []  # per layer: the cached keys, a view of a buffer with room to grow
         self.values: list[torch.Tensor] = []
+        self._buffers: list = []  # per layer: (key buffer, value buffer) [B, H, capacity, head_dim], or None
 
     def __len__(self) -> int:
         "Cached positions (of layer 0)."
@@ -101,16 +102,27 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Append the new `k, v` of `layer` and return all its keys/values so far."
+        if layer > len(self.keys):
+            raise ValueError(f"layer {layer} updated before layer {len(self.keys)}; layers must be filled in order")
+        if layer < len(self.keys) and self.keys[layer].shape[0] != k.shape[0]:
+            raise ValueError(f"batch size changed from {self.keys[layer].shape[0]} to {k.shape[0]}; use a new KVCache")
         if layer == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
-        elif layer < len(self.keys):
-            if self.keys[layer].shape[0] != k.shape[0]:
-                raise ValueError(f"batch size changed from {self.keys[layer].shape[0]} to {k.shape[0]}; use a new KVCache")
+            self.keys.append(k[:, :, :0]); self.values.append(v[:, :, :0]); self._buffers.append(None)
+        L, n = self.past_length(layer), k.shape[2]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):  # autograd: concatenate, no writes into a buffer
+            self._buffers[layer] = None
             self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
             self.values[layer] = torch.cat([self.values[layer], v], dim=2)
-        else:
-            raise ValueError(f"layer {layer} updated before layer {len(self.keys)}; layers must be filled in order")
+            return self.keys[layer], self.values[layer]
+        buf = self._buffers[layer]
+        if buf is None or buf[0].shape[2] < L + n or buf[0].dtype != k.dtype or buf[0].device != k.device:
+            cap = max(2 * (L + n), 16)  # double: amortised O(1) copies per appended position
+            kb = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            vb = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
+            kb[:, :, :L], vb[:, :, :L] = self.keys[layer], self.values[layer]
+            buf = self._buffers[layer] = (kb, vb)
+        buf[0][:, :, L:L + n], buf[1][:, :, L:L + n] = k, v
+        self.keys[layer], self.values[layer] = buf[0][:, :, :L + n], buf[1][:, :, :L + n]
         return self.keys[layer], self.values[layer]
 
 
@@ -149,6 +161,8 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if n_past == 0:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if q.shape[2] == 1:  # one new query sees every key: no mask, so SDPA may take its fused kernel (one-position decoding)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         mask = chunk_causal_mask(q.shape[2], n_past, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 

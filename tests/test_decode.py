@@ -396,3 +396,83 @@ def test_tradeoff_benchmark_quick_run(tmp_path):
                         for r in pts)
         assert q["pareto"] == (not dominated)
     assert len(doc["summary"]) == len(pts) and "goal per seed" in p.stdout
+
+
+# ---------------------------------------------------------------- batched decoding
+
+from cyb_nb.decode import generate_batch  # noqa: E402
+
+BATCH_PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [2, 4, 6, 8, 10]]
+BATCH_CASES = [dict(mode="fixed", temperature=0), dict(mode="fixed", temperature=1.0, top_k=5),
+               dict(mode="fixed", readout_rule="sample"), dict(mode="fixed", readout_rule="argmax_step", omega=[1, 1, 1, 1]),
+               dict(mode="adaptive", halt="threshold", threshold=0.9, temperature=0),
+               dict(mode="adaptive", halt="sample", max_pauses=2), dict(mode="adaptive", halt="mass", threshold=0.3),
+               dict(mode="adaptive", halt="mass", threshold=0.05, omega=[1, 1, 1, 1], top_k=4),
+               dict(mode="adaptive", halt="sample", omega=[3, 1, 1, 1])]
+
+
+def _single(model, prompt, n, seed, **kw):
+    ev = list(stream_generate(model, prompt, n, seed=seed, **kw))
+    return [e.token for e in ev], [e.pauses for e in ev]
+
+
+@pytest.mark.parametrize("kw", BATCH_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_batched_rows_equal_the_single_row_decoder(model, kw):
+    "Each row, seeded on its own, draws what stream_generate draws alone: the same tokens and the same pauses."
+    seeds = [10, 11, 12, 13]
+    b = generate_batch(model, BATCH_PROMPTS, 9, seeds=seeds, **kw)
+    for r, p in enumerate(BATCH_PROMPTS):
+        toks, pauses = _single(model, p, 9, seeds[r], **kw)
+        assert b["tokens"][r] == toks, (r, kw)
+        assert b["pauses"][r] == pytest.approx(pauses, abs=1e-4), (r, kw)
+    n = sum(map(len, b["tokens"]))
+    assert n == 4 * 9 and b["positions_per_token"] == pytest.approx(b["positions"] / n)
+    if kw["mode"] == "fixed":
+        assert b["positions_per_token"] == 4.0  # Recipe 1: W positions for every token, whatever the model says
+    else:  # adaptive: 1 + pauses positions for the token that produced each generated one
+        assert b["positions"] == sum(1 + p for row in b["pauses"] for p in row)
+
+
+def test_batched_decoding_varies_pauses_across_rows_and_tokens(model):
+    "The equality test above is only as strong as its cases: rows pause differently, so the per-row bookkeeping is exercised."
+    b = generate_batch(model, BATCH_PROMPTS, 9, seeds=[10, 11, 12, 13], mode="adaptive", halt="sample")
+    flat = [p for row in b["pauses"] for p in row]
+    assert len(set(flat)) >= 3 and len({tuple(row) for row in b["pauses"]}) == 4
+
+
+def test_a_finished_row_changes_no_other_row(model):
+    "A row that stops at EOS early (or any extra row) leaves the other rows' tokens and pauses exactly as without it."
+    kw = dict(mode="adaptive", halt="sample", temperature=1.0)
+    alone = generate_batch(model, BATCH_PROMPTS[:2], 9, seeds=[10, 11], **kw)
+    first = alone["tokens"][0][0]
+    extra = generate_batch(model, [BATCH_PROMPTS[0], *BATCH_PROMPTS[:2]], 9, seeds=[10, 10, 11], eos_id=first, **kw)
+    assert extra["tokens"][0] == [first]  # the extra row stopped at its first token
+    assert extra["tokens"][1:] == [t[: t.index(first) + 1] if first in t else t for t in alone["tokens"]]  # EOS applies to all rows
+    same = generate_batch(model, [[5, 5, 5], *BATCH_PROMPTS[:2]], 9, seeds=[99, 10, 11], **kw)
+    assert same["tokens"][1:] == alone["tokens"] and same["pauses"][1:] == alone["pauses"]
+
+
+def test_batched_decoding_of_a_transformers_pause_model():
+    "The same equality on a grown `transformers` model (PauseLM over a tiny GPT-2), whose cache is a DynamicCache."
+    from cyb_nb.models import PauseLM, tiny_hf_lm
+    torch.manual_seed(0)
+    lm, tok = tiny_hf_lm("gpt2")
+    pm = PauseLM(lm, tok, n_pauses=2, seed=0).eval()
+    prompts = [[2, 3, 4], [5, 6, 7, 8, 9], [10]]
+    for kw in (dict(mode="fixed", temperature=0), dict(mode="adaptive", halt="sample")):
+        b = generate_batch(pm, prompts, 5, seeds=[1, 2, 3], **kw)
+        for r, p in enumerate(prompts):
+            assert b["tokens"][r] == _single(pm, p, 5, r + 1, **kw)[0], (r, kw)
+
+
+def test_batched_decoding_rejects_bad_arguments(model):
+    with pytest.raises(ValueError, match="prompts"):
+        generate_batch(model, [], 4)
+    with pytest.raises(ValueError, match="seeds"):
+        generate_batch(model, BATCH_PROMPTS, 4, seeds=[1, 2])
+    with pytest.raises(ValueError, match="either seed"):
+        generate_batch(model, BATCH_PROMPTS, 4, seed=0, seeds=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_batch(model, BATCH_PROMPTS, 0)
+    with pytest.raises(ValueError, match="prompt ids"):
+        generate_batch(model, [[1, 2, V]], 4)
