@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".ci"))
 import check_outputs  # noqa: E402
+from build_docs import site_links  # noqa: E402
 
 
 def _nb(cells, kernelspec=True):
@@ -42,6 +43,12 @@ def test_output_check_catches_what_a_reader_would_miss(tmp_path):
         assert len(check_outputs.problems(p)) == n, (cells, check_outputs.problems(p))
     p.write_text(json.dumps(_nb([_code("x = 1")], kernelspec=False)))  # Jupyter would ask "Select Kernel"
     assert [m for m in check_outputs.problems(p) if "kernelspec" in m]
+
+
+def test_links_between_notebooks_become_site_urls():
+    md = "[a](09_widgets.ipynb#loss-explorer), [b](syllabus.ipynb), [c](index.ipynb), [d](https://x.org/e.ipynb), [f](#g)"
+    assert site_links(md, "01_stopping") == "[a](../09_widgets/#loss-explorer), [b](../syllabus/), [c](../), [d](https://x.org/e.ipynb), [f](#g)"
+    assert site_links(md, "index").startswith("[a](09_widgets/#loss-explorer), [b](syllabus/), [c](),")
 
 
 def test_every_notebook_is_stored_with_its_outputs():
