@@ -27,7 +27,7 @@ SOLUTION = re.compile(r"<details>\s*<summary>\s*Solution.*?</summary>(.*?)</deta
 CODE = re.compile(r"```python\n(.*?)```", re.S)
 PRELUDE = "import math\nimport torch\n" + "".join(
     f"from cyb_nb.{m} import *\n" for m in ("stream", "stopping", "losses"))
-LESSONS: tuple = ()  # chapters that are lessons: each holds >= 4 exercises with solutions
+LESSONS: tuple = ("04b_classics",)  # chapters that are lessons: each holds >= 4 exercises with solutions
 
 
 def solutions(path: Path) -> list:
