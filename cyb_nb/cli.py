@@ -494,7 +494,7 @@ def _meta(ck: dict) -> dict:
     return ((ck.get("extra") or {}).get("train_args") or {}).get("meta") or {}
 
 
-def _text_tokenizer(model, ck: dict, tokenizer, p, arg: str = "--tokenizer"):
+def _text_tokenizer(model, ck: dict, tokenizer, p, arg: str = "--tokenizer", check: bool = True):
     "The `TextTokenizer` that reads text for `model`: `tokenizer`, else the run's, else a 🤗 model's own (real tokens only), else the bundled BPE."
     from cyb_nb.data import TextTokenizer, load_tokenizer
     V = pause_vocab_of(model).vocab_size
@@ -508,7 +508,7 @@ def _text_tokenizer(model, ck: dict, tokenizer, p, arg: str = "--tokenizer"):
             tk = load_tokenizer(None if spec is None else str(spec))
     except (OSError, ValueError, AttributeError) as err:
         _fail_arg(p, arg, f"cannot load the tokenizer {spec!r} the model reads text with ({err}); pass --tokenizer")
-    if tk.vocab_size != V:
+    if check and tk.vocab_size != V:
         _fail_arg(p, arg, f"the tokenizer {spec or 'bundled BPE'!r} has {tk.vocab_size} tokens, the model a vocabulary of {V}; "
                   "pass the tokenizer it was trained with (--tokenizer)")
     return tk
@@ -702,7 +702,7 @@ def _eval_checkpoint(path, a, p, demo_config: dict | None = None) -> dict:
     kw = {}
     if task == "text":
         kw["corpus"] = a.corpus or meta.get("corpus") or demo_config.get("corpus")
-        tk = _text_tokenizer(model, ck, a.tokenizer, p)
+        tk = _text_tokenizer(model, ck, a.tokenizer, p, check=False)  # a vocabulary that does not fit is named below
         if a.tokenizer is not None or meta.get("tokenizer") is not None or hasattr(model, "tokenizer"):
             kw["tokenizer"] = tk
     try:
@@ -710,6 +710,9 @@ def _eval_checkpoint(path, a, p, demo_config: dict | None = None) -> dict:
     except (ValueError, OSError) as err:
         _fail_arg(p, "--task/--seq-len/--corpus", str(err))
     V = pause_vocab_of(model).vocab_size
+    if data.vocab_size != V and task == "text" and task == (meta.get("task") or "text"):
+        _fail_arg(p, "--tokenizer", f"the text's tokenizer has {data.vocab_size} tokens, the model a vocabulary of {V}; pass the "
+                  "tokenizer it was trained with (--tokenizer)")
     if data.vocab_size != V:
         _fail_arg(p, "--task", f"{task!r} has a vocabulary of {data.vocab_size} tokens, the checkpoint's model one of {V}; "
                   f"evaluate on the task it was trained on ({meta.get('task', 'unknown')!r})")
