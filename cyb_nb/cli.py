@@ -556,6 +556,8 @@ def _decoder_settings(a, cfg, pv) -> dict:
     mode = a.mode or ("adaptive" if trained and pv.n_pauses else "fixed")
     dk_prior = a.dk_prior if a.dk_prior is not None else (cfg.dk_prior if cfg is not None else 0.9)
     omega = None if cfg is None or cfg.omega is None or len(cfg.omega) != pv.W_max else tuple(cfg.omega)
+    if omega is not None and not any(omega[:-1]):  # all the mass on the last step: no deadline, the same as none
+        omega = None
     return dict(mode=mode, readout_rule=a.readout, halt=a.halt, threshold=a.threshold, max_pauses=a.max_pauses, omega=omega,
                 temperature=a.temperature, top_k=a.top_k, dk_prior=dk_prior, seed=a.seed)
 
@@ -676,8 +678,8 @@ def _cmd_generate(a, p):
     if n:
         mean_p = sum(e.pauses for e in events) / n
         pos = sum(e.positions for e in events) / n
-        print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (reading the prompt included); mean pauses per token {mean_p:.2f}; "
-              f"forward positions per token {pos:.2f} ({_describe(kw, pv)})" + ("" if style == "text" else
+        print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (reading the prompt included); mean pauses per token {mean_p:.3f}; "
+              f"forward positions per token {pos:.3f} ({_describe(kw, pv)})" + ("" if style == "text" else
               "; superscripts: pauses per token") + (f"; wrote {a.json}" if a.json is not None else ""))
     return status
 
