@@ -255,16 +255,16 @@ def _cmd_pretrain(a, p):
         _fail(p, str(err))
     info = base.base_info
     print(f"base {info['key']}: {sum(q.numel() for q in base.parameters()):,} parameters, val NLL {info['val_nll']:.4f} nats "
-          f"(ppl {info['val_ppl']:.2f}) on {pre.name}")
+          f"(ppl {info['val_ppl']:.2f}) on {pre.name}, over its whole val split = {pre.val.shape[0] * (pre.val.shape[1] - 1)} tokens")
     if a.out is not None:
         print(f"wrote {save_base(a.out, base)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `cyb-nb` argument parser with the `demo`, `pretrain`, `train` and `eval` sub-commands."
+    "The `cyb-nb` argument parser with the `demo`, `pretrain`, `train`, `eval` and `generate` sub-commands."
     p = argparse.ArgumentParser(prog="cyb-nb", description="Catch Your Breath: train and compare pause-token language models.")
-    sub = p.add_subparsers(dest="command", metavar="{demo,pretrain,train,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,pretrain,train,eval,generate}")
     sub.required = True
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
                                     "fine-tuned from it (about 3 min on one CPU core)")
@@ -321,12 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("eval", help="evaluate a checkpoint: NLL per real token (nats, bits), mean expected pauses")
-    e.add_argument("checkpoint", help="path to checkpoint.pt (or its folder)")
+    e.add_argument("checkpoint", help="checkpoint.pt (or its run folder) of train, pretrain or demo, or a demo's output folder "
+                   "(every model in it, one line each)")
     e.add_argument("--task", default=None, help="task to evaluate on (default: the one it was trained on)")
     e.add_argument("--seq-len", type=_positive_int, default=None)
-    e.add_argument("--batches", type=_positive_int, default=None, help="evaluate on at most this many batches of 32")
+    e.add_argument("--batches", type=_positive_int, default=None, help="evaluate on at most this many batches of 32 (default: "
+                   "the whole val split)")
+    _add_corpus_args(e)
     e.add_argument("--device", default=None)
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON, one object per line")
+    _add_generate_parser(sub)
     return p
 
 
@@ -383,11 +387,11 @@ def _cmd_train(a, p):
         return _interrupted(stop, f"Continue with the same command plus --resume {stop.checkpoint}.")
     except FloatingPointError as err:
         _fail(p, str(err))
-    if hasattr(model, "save_pretrained"):  # a grown 🤗 model: also a folder PauseLM.from_pretrained reads
-        model.save_pretrained(out / "model")
-    f = h.final
+    f = h.final  # train wrote a grown 🤗 model's folder (out / "model") at its last save
+    n_eval = min(data.val.shape[0], a.eval_batches * a.batch_size) * (data.val.shape[1] - 1)  # evaluate's rows x their targets
     print(f"step {f.get('step')}: val NLL {f.get('val_nll', float('nan')):.4f} nats = {f.get('val_bits', float('nan')):.4f} bits "
-          f"per real token, mean pauses {f.get('val_pauses', float('nan')):.2f}; checkpoint {out / 'checkpoint.pt'}")
+          f"per real token, mean pauses {f.get('val_pauses', float('nan')):.2f} over --eval-batches {a.eval_batches} batches of "
+          f"{a.batch_size} = {n_eval} tokens (cyb-nb eval scores the whole val split); checkpoint {out / 'checkpoint.pt'}")
     return 0
 
 
@@ -411,37 +415,12 @@ def _check_resume_options(a, ck: dict, n_pauses: int, p):
 
 
 def _cmd_eval(a, p):
-    "Run `cyb-nb eval`."
-    try:
-        ck = load_checkpoint(a.checkpoint)
-        model, cfg = model_from_checkpoint(ck)
-    except (FileNotFoundError, ValueError) as err:
-        p.error(f"argument checkpoint: {err}")
-    meta = ck.get("extra", {}).get("train_args", {}).get("meta", {})
-    task = a.task or meta.get("task") or "text"
-    if task not in task_names():
-        p.error(f"argument --task: unknown task {task!r} (choose from {', '.join(task_names())})")
-    seq_len = a.seq_len or meta.get("seq_len") or 64
-    try:
-        data = load_task(task, seq_len=seq_len, n=meta.get("n_seqs"), seed=meta.get("seed", 0))
-    except ValueError as err:
-        p.error(f"argument --task/--seq-len: {err}")
-    V = pause_vocab_of(model).vocab_size
-    if data.vocab_size != V:
-        p.error(f"argument --task: {task!r} has a vocabulary of {data.vocab_size} tokens, the checkpoint's model one of {V}; "
-                f"evaluate on the task it was trained on ({meta.get('task', 'unknown')!r})")
-    model.to(a.device or "cpu")
-    res = evaluate(model, data, cfg or "ap", batch_size=32, max_batches=a.batches, device=a.device)
-    res = {"checkpoint": str(a.checkpoint), "task": task, "loss": (cfg.name if cfg else None), "step": ck.get("step"), **res}
-    if a.json:
-        print(json.dumps(res))
-    else:
-        print(f"{res['checkpoint']} (loss {res['loss']}, step {res['step']}, task {task}): val NLL {res['nll']:.4f} nats = "
-              f"{res['bits']:.4f} bits per real token, ppl {res['ppl']:.3f}, mean pauses {res['mean_pauses']:.2f} "
-              f"over {res['n_tokens']} tokens")
-        extra = {k: v for k, v in res.items() if k.startswith("pauses_d")}
-        if extra:
-            print("mean pauses by difficulty: " + ", ".join(f"{k[7:]}: {v:.2f}" for k, v in extra.items()))
+    "Run `cyb-nb eval`: one checkpoint, or every model of a demo's output folder (one line each)."
+    demo = _demo_models(Path(a.checkpoint))
+    demo_config = _demo_config(Path(a.checkpoint)) if demo else {}
+    for path in demo or [a.checkpoint]:
+        res = _eval_checkpoint(path, a, p, demo_config)
+        print(json.dumps(res) if a.json else _eval_line(res), flush=True)
     return 0
 
 
@@ -477,7 +456,285 @@ def main(argv: list | None = None) -> int:
         return _cmd_pretrain(a, p)
     if a.command == "train":
         return _cmd_train(a, p)
+    if a.command == "generate":
+        return _cmd_generate(a, p)
     return _cmd_eval(a, p)
+
+# %% ../nbs/14_cli.ipynb #38c54916
+def _fail_arg(p, arg: str, message: str):
+    "An argparse error naming `arg` (exit status 2)."
+    p.error(f"argument {arg}: {message}")
+
+
+def _demo_models(folder: Path) -> list:
+    "The checkpoints of a `cyb-nb demo` output folder (`ckpt_*/checkpoint.pt`, in the demo's order), or [] for any other path."
+    if not folder.is_dir() or (folder / "checkpoint.pt").exists():
+        return []
+    order = [name for _, name in DEMO_RECIPES]
+    found = sorted(folder.glob("ckpt_*/checkpoint.pt"), key=lambda f: (order.index(f.parent.name[5:]) if f.parent.name[5:] in order
+                                                                         else len(order), f.parent.name))
+    return found
+
+
+def _load_for_cli(path, p, arg: str = "checkpoint") -> tuple:
+    "(model, loss config, checkpoint) of any checkpoint the CLI writes; a missing, corrupt or wrong-kind one is an argparse error."
+    from cyb_nb.train import load_model
+    demo = _demo_models(Path(path))
+    if demo:
+        _fail_arg(p, arg, f"{str(path)!r} is a demo output folder holding {len(demo)} models; generate from one of them: "
+                  + ", ".join(str(f.parent) for f in demo))
+    try:
+        return load_model(path)
+    except (FileNotFoundError, ValueError) as err:
+        _fail_arg(p, arg, str(err))
+
+
+def _meta(ck: dict) -> dict:
+    "The `meta` a run recorded in its checkpoint (task, seq_len, corpus, tokenizer, base, ...), {} for none."
+    return ((ck.get("extra") or {}).get("train_args") or {}).get("meta") or {}
+
+
+def _text_tokenizer(model, ck: dict, tokenizer, p, arg: str = "--tokenizer", check: bool = True):
+    "The `TextTokenizer` that reads text for `model`: `tokenizer`, else the run's, else a 🤗 model's own (real tokens only), else the bundled BPE."
+    from cyb_nb.data import TextTokenizer, load_tokenizer
+    V = pause_vocab_of(model).vocab_size
+    spec = tokenizer if tokenizer is not None else _meta(ck).get("tokenizer")
+    try:
+        if spec is None and hasattr(model, "tokenizer"):  # a grown 🤗 model reads text with its own tokenizer, pause tokens left out
+            from tokenizers import Tokenizer
+            tk = TextTokenizer(Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str()))
+            tk.vocab_size = V
+        else:
+            tk = load_tokenizer(None if spec is None else str(spec))
+    except (OSError, ValueError, AttributeError) as err:
+        _fail_arg(p, arg, f"cannot load the tokenizer {spec!r} the model reads text with ({err}); pass --tokenizer")
+    if check and tk.vocab_size != V:
+        _fail_arg(p, arg, f"the tokenizer {spec or 'bundled BPE'!r} has {tk.vocab_size} tokens, the model a vocabulary of {V}; "
+                  "pass the tokenizer it was trained with (--tokenizer)")
+    return tk
+
+
+def _codec(model, ck: dict, a, p) -> tuple:
+    "(encode: str -> ids, decode: ids -> str, what the text is) for the checkpoint's model: its task's symbols, its 🤗 tokenizer or a text tokenizer."
+    task = _meta(ck).get("task") or "text"
+    if task != "text":  # a synthetic task: space-separated symbols of its vocabulary
+        itos = load_task(task, seq_len=8, n=1, seed=0).itos
+        stoi = {s: i for i, s in enumerate(itos)}
+
+        def encode(text):
+            bad = [w for w in text.split() if w not in stoi]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not a symbol of the {task!r} task (its symbols: {' '.join(itos)}), separated by spaces")
+            return [stoi[w] for w in text.split()]
+        return encode, lambda ids: " ".join(itos[i] for i in ids), f"{task} symbols"
+    if hasattr(model, "tokenizer") and a.tokenizer is None:  # a grown 🤗 model: its own tokenizer
+        tok, V = model.tokenizer, pause_vocab_of(model).vocab_size
+        unk = getattr(tok, "unk_token_id", None)
+
+        def encode(text):
+            ids = tok.encode(text, add_special_tokens=False)
+            if unk is not None and unk in ids and tok.unk_token not in text:
+                raise ValueError(f"the model's tokenizer cannot encode {text!r}: part of it becomes {tok.unk_token!r}")
+            if any(i >= V for i in ids):
+                raise ValueError(f"{text!r} holds the model's pause or <don't know> tokens, which are not text")
+            return ids
+        return encode, lambda ids: tok.decode(ids), "text"
+    tk = _text_tokenizer(model, ck, a.tokenizer, p)
+
+    def encode(text):
+        ids = tk.encode(text)
+        unk = getattr(tk.tok.model, "unk_token", None)
+        if unk and tk.tok.token_to_id(unk) in ids and unk not in text:
+            raise ValueError(f"the tokenizer cannot encode {text!r}: part of it becomes {unk!r}")
+        return ids
+    return encode, tk.decode, "text"
+
+
+def _decoder_settings(a, cfg, pv) -> dict:
+    "`stream_generate` options from the command line, defaulting to what the checkpoint's loss trained (δ prior, deadlines ω)."
+    trained = cfg is not None and cfg.uses_dont_know
+    mode = a.mode or ("adaptive" if trained and pv.n_pauses else "fixed")
+    dk_prior = a.dk_prior if a.dk_prior is not None else (cfg.dk_prior if cfg is not None else 0.9)
+    omega = None if cfg is None or cfg.omega is None or len(cfg.omega) != pv.W_max else tuple(cfg.omega)
+    if omega is not None and not any(omega[:-1]):  # all the mass on the last step: no deadline, the same as none
+        omega = None
+    return dict(mode=mode, readout_rule=a.readout, halt=a.halt, threshold=a.threshold, max_pauses=a.max_pauses, omega=omega,
+                temperature=a.temperature, top_k=a.top_k, dk_prior=dk_prior, seed=a.seed)
+
+
+def _describe(kw: dict, pv) -> str:
+    "The decoder in words, for the closing line."
+    if kw["mode"] == "fixed":
+        how = f"Recipe 1: {pv.n_pauses} pauses after every token, {kw['readout_rule']} readout"
+    else:
+        mp = pv.n_pauses if kw["max_pauses"] is None else kw["max_pauses"]
+        how = f"adaptive: halt {kw['halt']}" + (f" {kw['threshold']}" if kw["halt"] != "sample" else "") + f", at most {mp} pauses"
+    dk = "none" if kw["dk_prior"] is None else f"{kw['dk_prior']:g}"
+    return how + f", δ prior {dk}" + (f", deadlines ω {kw['omega']}" if kw["omega"] is not None else "")
+
+
+def _add_generate_parser(sub):
+    "The `generate` sub-command's options."
+    g = sub.add_parser("generate", help="continue a prompt with a trained model, streaming the text with the pauses each token took",
+                       description="Continue a prompt with any checkpoint that train, pretrain or demo writes. Decoder settings "
+                       "default to what the model was trained with where the checkpoint records it: the <don't know> prior "
+                       "(--dk-prior) and the world's deadlines ω of its loss, and the adaptive decoder for the CYB losses "
+                       "(ap, va, dp) or Recipe 1 for the others (--mode).")
+    g.add_argument("checkpoint", help="checkpoint.pt (or its run folder): cyb-nb train, cyb-nb pretrain --out, or a demo's ckpt_*/")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", default=None, help="the text to continue (a synthetic task: its symbols separated by spaces)")
+    src.add_argument("--prompt-file", default=None, help="read the prompt from this file (UTF-8)")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default: 64)")
+    g.add_argument("--mode", choices=("fixed", "adaptive"), default=None,
+                   help="fixed: Recipe 1, every token gets all its pauses; adaptive: a pause only while the model says <don't "
+                        "know> (default: adaptive for a model trained with ap/va/dp, else fixed)")
+    g.add_argument("--halt", choices=("threshold", "sample", "mass"), default="threshold",
+                   help="adaptive: answer once d < --threshold (threshold), when a draw of δ ~ Bernoulli(d) says so (sample), or "
+                        "once the <don't know> mass left is below --threshold, reading out the mixture (mass); default: threshold")
+    g.add_argument("--threshold", type=_bounded(float, 0.0, True, "a number in [0, 1]", high=1.0), default=0.5,
+                   help="the --halt threshold (default: 0.5)")
+    g.add_argument("--max-pauses", type=_nonneg_int, default=None, help="adaptive: at most this many pauses per token (default: "
+                   "all the model has, W_max - 1)")
+    g.add_argument("--readout", choices=("mixture", "sample", "argmax_step"), default="mixture",
+                   help="fixed: read the next token from the mixture over steps, a sampled step or the likeliest step (default: mixture)")
+    g.add_argument("--temperature", type=_bounded(float, 0.0, True, "a number >= 0 (0 = greedy)"), default=1.0,
+                   help="sampling temperature, 0 = greedy (default: 1.0)")
+    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest tokens (default: all)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the sampler (default: 0)")
+    g.add_argument("--dk-prior", type=_bounded(float, 0.0, False, "a number in (0, 1)", high=1.0 - 1e-12), default=None,
+                   help="the <don't know> prior ψ' shifted onto δ's logit (default: the checkpoint's loss's, else 0.9)")
+    g.add_argument("--tokenizer", default=None, help="the tokenizer to read the prompt with (default: the one the model was trained with)")
+    g.add_argument("--plain", action="store_true", help="no colours: pauses as superscript digits (automatic when stdout is not a terminal)")
+    g.add_argument("--no-pauses", action="store_true", help="write the text alone, without the pause counts")
+    g.add_argument("--json", default=None, help="also write one JSON record per token to this file (TokenEvent fields: token, "
+                   "text, pauses, positions, d per step, s, step)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cpu)")
+
+
+def _read_prompt(a, p) -> tuple:
+    "(prompt text, the option it came from); an empty or unreadable prompt is an argparse error naming its option."
+    arg = "--prompt" if a.prompt is not None else "--prompt-file"
+    if a.prompt is not None:
+        text = a.prompt
+    else:
+        try:
+            text = Path(a.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            _fail_arg(p, arg, f"cannot read {a.prompt_file!r} ({getattr(err, 'strerror', None) or err})")
+        text = text[:-1] if text.endswith("\n") else text  # a file's final newline is not part of the prompt
+    if not text.strip():
+        _fail_arg(p, arg, "the prompt is empty; give some text for the model to continue")
+    return text, arg
+
+
+def _cmd_generate(a, p):
+    "Run `cyb-nb generate`."
+    from cyb_nb.decode import TextPieces, render_event, stream_generate
+    text, arg = _read_prompt(a, p)
+    if a.json is not None:
+        try:
+            check_writable(a.json, "--json")
+        except ValueError as err:
+            _fail_arg(p, "--json", str(err))
+    model, cfg, ck = _load_for_cli(a.checkpoint, p)
+    pv = pause_vocab_of(model)
+    if a.max_pauses is not None and a.max_pauses > pv.n_pauses:
+        _fail_arg(p, "--max-pauses", f"the model has {pv.n_pauses} pauses per token (W_max = {pv.W_max}), got --max-pauses {a.max_pauses}")
+    encode, decode, what = _codec(model, ck, a, p)
+    try:
+        ids = encode(text)
+    except ValueError as err:
+        _fail_arg(p, arg, str(err))
+    if not ids:
+        _fail_arg(p, arg, f"the prompt {text!r} encodes to no token")
+    max_pos = getattr(getattr(model, "config", None), "max_positions", None) or getattr(getattr(model, "config", None),
+                                                                                        "max_position_embeddings", None)
+    if isinstance(max_pos, int) and len(ids) + a.max_new_tokens - 1 > max_pos:
+        _fail_arg(p, "--max-new-tokens", f"the prompt's {len(ids)} tokens + {a.max_new_tokens} new ones exceed the model's "
+                  f"{max_pos} positions")
+    model.to(a.device or "cpu")
+    kw = _decoder_settings(a, cfg, pv)
+    style = "text" if a.no_pauses else ("plain" if a.plain or not sys.stdout.isatty() else "ansi")
+    out = sys.stdout
+    out.write(("\x1b[1m" + text + "\x1b[0m") if style == "ansi" else text)
+    out.flush()
+    events, rec = [], open(a.json, "w", encoding="utf-8") if a.json is not None else None
+    t0, status = time.perf_counter(), 0
+    try:
+        for ev in stream_generate(model, ids, a.max_new_tokens, decode=TextPieces(decode, ids), **kw):
+            events.append(ev)
+            out.write(render_event(ev, pv.W_max, style))
+            out.flush()
+            if rec is not None:
+                rec.write(json.dumps(dataclasses.asdict(ev)) + "\n")
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        if rec is not None:
+            rec.close()
+    dt = time.perf_counter() - t0
+    out.write("\n")
+    n = len(events)
+    if n:
+        mean_p = sum(e.pauses for e in events) / n
+        pos = sum(e.positions for e in events) / n
+        print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (reading the prompt included); mean pauses per token {mean_p:.3f}; "
+              f"forward positions per token {pos:.3f} ({_describe(kw, pv)})" + ("" if style == "text" else
+              "; superscripts: pauses per token") + (f"; wrote {a.json}" if a.json is not None else ""))
+    return status
+
+
+def _demo_config(folder: Path) -> dict:
+    "The `config` of a demo's `results.json` (task, corpus, seed, regime), {} if unreadable."
+    try:
+        return json.loads((folder / "results.json").read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _eval_checkpoint(path, a, p, demo_config: dict | None = None) -> dict:
+    "Evaluate one checkpoint of any kind on the val split of the data it was trained on: the metrics and where they come from."
+    model, cfg, ck = _load_for_cli(path, p)
+    meta, demo_config = _meta(ck), demo_config or {}
+    base_cfg = ((ck.get("extra") or {}).get("base") or {}).get("config") or {}  # a base from cyb-nb pretrain
+    task = a.task or meta.get("task") or "text"
+    if task not in task_names():
+        _fail_arg(p, "--task", f"unknown task {task!r} (choose from {', '.join(task_names())})")
+    seq_len = a.seq_len or meta.get("seq_len") or base_cfg.get("seq_len") or 64
+    kw = {}
+    if task == "text":
+        kw["corpus"] = a.corpus or meta.get("corpus") or demo_config.get("corpus")
+        tk = _text_tokenizer(model, ck, a.tokenizer, p, check=False)  # a vocabulary that does not fit is named below
+        if a.tokenizer is not None or meta.get("tokenizer") is not None or hasattr(model, "tokenizer"):
+            kw["tokenizer"] = tk
+    try:
+        data = load_task(task, seq_len=seq_len, n=meta.get("n_seqs"), seed=meta.get("seed", 0), **kw)
+    except (ValueError, OSError) as err:
+        _fail_arg(p, "--task/--seq-len/--corpus", str(err))
+    V = pause_vocab_of(model).vocab_size
+    if data.vocab_size != V and task == "text" and task == (meta.get("task") or "text"):
+        _fail_arg(p, "--tokenizer", f"the text's tokenizer has {data.vocab_size} tokens, the model a vocabulary of {V}; pass the "
+                  "tokenizer it was trained with (--tokenizer)")
+    if data.vocab_size != V:
+        _fail_arg(p, "--task", f"{task!r} has a vocabulary of {data.vocab_size} tokens, the checkpoint's model one of {V}; "
+                  f"evaluate on the task it was trained on ({meta.get('task', 'unknown')!r})")
+    model.to(a.device or "cpu")
+    res = evaluate(model, data, cfg or "ap", batch_size=32, max_batches=a.batches, device=a.device)
+    return {"checkpoint": str(path), "task": task, "loss": (cfg.name if cfg else None), "step": ck.get("step"),
+            "scored": "the whole val split" if a.batches is None else f"the first {a.batches} val batches of 32", **res}
+
+
+def _eval_line(res: dict) -> str:
+    "One printed line of `cyb-nb eval`: the figures and over how many tokens."
+    line = (f"{res['checkpoint']} (loss {res['loss']}, step {res['step']}, task {res['task']}): val NLL {res['nll']:.4f} nats = "
+            f"{res['bits']:.4f} bits per real token, ppl {res['ppl']:.3f}, mean pauses {res['mean_pauses']:.2f} over "
+            f"{res['scored']} = {res['n_tokens']} tokens")
+    extra = {k: v for k, v in res.items() if k.startswith("pauses_")}
+    if extra:
+        line += "\n  mean pauses by difficulty: " + ", ".join(f"{k[7:]}: {v:.2f} ({res.get('n_' + k[7:], '?')} tokens)"
+                                                            for k, v in extra.items())
+    return line
+
 
 # %% ../nbs/14_cli.ipynb #ba018cf8
 #| eval: false

@@ -19,10 +19,11 @@ from .stopping import log_stop_probs
 from .stream import IGNORE_INDEX, PauseVocab, expand, sample_pause_counts
 
 # %% auto #0
-__all__ = ['READOUTS', 'HALTS', 'head_readout', 'readout', 'sample_next', 'token_stats', 'latency_histogram',
+__all__ = ['READOUTS', 'HALTS', 'PAUSE_STYLES', 'head_readout', 'readout', 'sample_next', 'token_stats', 'latency_histogram',
            'expected_latency_histogram', 'spearman', 'calibration', 'pause_stats_by_token', 'pause_table',
            'plot_latency', 'plot_calibration', 'TokenEvent', 'new_cache', 'stream_generate', 'generate',
-           'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html', 'generate_batch']
+           'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html', 'render_event',
+           'TextPieces', 'generate_batch']
 
 # %% ../nbs/08_decode.ipynb #0c5fcdcd
 READOUTS = ("mixture", "sample", "argmax_step")
@@ -587,6 +588,45 @@ def events_html(events: Sequence[TokenEvent], W: int = 4) -> str:
         spans.append(f'<span title="pauses {e.pauses:.2f}" style="background: rgba(220,60,40,{0.1 + 0.8 * a:.2f})">'
                      f"{html.escape(e.text)}</span>")
     return "<div style='font-family: monospace; line-height: 1.8'>" + "".join(spans) + "</div>"
+
+# %% ../nbs/08_decode.ipynb #b667e28f
+PAUSE_STYLES = ("ansi", "plain", "text")
+_SUPERSCRIPT = str.maketrans("0123456789.", "⁰¹²³⁴⁵⁶⁷⁸⁹·")
+_PAUSE_COLOURS = ("\x1b[36m", "\x1b[33m", "\x1b[31m")  # cyan, yellow, red: up to a third, two thirds, all of W-1 pauses
+
+
+def render_event(e: TokenEvent, W: int = 4, style: str = "ansi") -> str:
+    "One event's text for a terminal: 'ansi' coloured by its pauses with a dim superscript count, 'plain' a Unicode superscript count (no escape codes), 'text' the text alone."
+    if style not in PAUSE_STYLES:
+        raise ValueError(f"style must be one of {PAUSE_STYLES}, got {style!r}")
+    if not isinstance(W, int) or W < 1:
+        raise ValueError(f"W must be an int >= 1 (W_max), got {W!r}")
+    p = float(e.pauses)
+    if style == "text" or p <= 0:
+        return e.text
+    label = (str(int(p)) if p.is_integer() else f"{p:.1f}").translate(_SUPERSCRIPT)
+    if style == "plain":
+        return e.text + label
+    colour = _PAUSE_COLOURS[min(int(math.ceil(3 * p / max(W - 1, 1))) - 1, 2)]
+    return f"{colour}{e.text}\x1b[0m\x1b[2m{label}\x1b[0m"
+
+
+class TextPieces:
+    "A `decode` for `stream_generate`: the text each new token adds to the decoded `context` + tokens so far (spacing and multi-byte characters right)."
+
+    def __init__(self, decode: Callable, context=()):
+        self.decode, self.ids = decode, [int(i) for i in context]
+        self.text = decode(self.ids) if self.ids else ""
+
+    def __call__(self, ids) -> str:
+        "Append `ids`; return the text they add (empty while the text ends in an incomplete character)."
+        self.ids.extend(int(i) for i in ids)
+        full = self.decode(self.ids)
+        if full.endswith("\ufffd"):  # a character split over tokens: wait for the bytes that complete it
+            return ""
+        piece = full[len(self.text):] if full.startswith(self.text) else full
+        self.text = full
+        return piece
 
 # %% ../nbs/08_decode.ipynb #b7c1d002
 def _row_generators(seeds, B: int, seed: int | None) -> tuple:

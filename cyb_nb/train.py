@@ -27,13 +27,13 @@ from .stream import IGNORE_INDEX, PauseVocab, sample_pause_counts
 
 # %% auto #0
 __all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'PIPE_REFRESH_S', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT',
-           'TUNED_LR', 'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model', 'pause_vocab_of',
-           'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'check_writable',
-           'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable', 'progress_bar', 'History',
-           'cosine_schedule', 'check_pause_counts', 'train_pause_counts', 'make_optimizer', 'train', 'TokenDataset',
-           'cyb_trainer_class', 'matmul_params', 'train_flops', 'train_memory', 'BaseConfig', 'base_cache_dir',
-           'data_fingerprint', 'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base', 'pretrained_base',
-           'FinetuneConfig', 'finetune', 'load_base_model']
+           'TUNED_LR', 'MODEL_DIR', 'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model',
+           'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
+           'check_writable', 'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable',
+           'progress_bar', 'History', 'cosine_schedule', 'check_pause_counts', 'train_pause_counts', 'make_optimizer',
+           'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops', 'train_memory', 'BaseConfig',
+           'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base',
+           'pretrained_base', 'FinetuneConfig', 'finetune', 'load_base_model', 'load_model']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -648,11 +648,13 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
                 grad_accum=grad_accum, seed=seed, min_lr_ratio=min_lr_ratio, data=sp.name, meta=meta or {},
                 pause_counts=pause_counts)
 
-    def save(step):
+    def save(step, last: bool = False):
         nonlocal last_saved
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg, sampler, history, extra={"train_args": args})
             last_saved = (step, ckpt_path)
+            if last and hasattr(model, "save_pretrained"):  # a grown 🤗 model: its architecture and tokenizer, for load_model
+                model.save_pretrained(ckpt_path.parent / MODEL_DIR)
 
     bar = progress_bar(steps, start, disable=not progress, desc=desc or f"train {cfg.name}")
     t0, tokens = time.perf_counter() - (history[-1]["time"] if history else 0.0), (history[-1]["tokens"] if history else 0)
@@ -695,7 +697,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
             stop = any([cb(row) == "stop" for cb in callbacks])
             interrupted = signals is not None and signals.received is not None
             if ckpt_path is not None and (stop or interrupted or step == steps or step % checkpoint_every == 0):
-                save(step)
+                save(step, last=stop or interrupted or step == steps)
             if stop or interrupted:
                 break
         if signals is not None and signals.received is not None:  # the last step done is checkpointed
@@ -1059,3 +1061,48 @@ def load_base_model(spec=None) -> tuple:
             raise ValueError(f"{str(path)!r} is not a transformers causal LM with its tokenizer ({type(e).__name__}: {e})") from None
     raise ValueError(f"base {str(spec)!r} is neither 'default', a base checkpoint file (cyb-nb pretrain --out) nor a transformers "
                      "model folder (with config.json)")
+
+# %% ../nbs/07_train.ipynb #e7a6eba3
+MODEL_DIR = "model"  # the folder next to a checkpoint.pt where train writes a grown transformers model (PauseLM.save_pretrained)
+
+
+def _pause_vocab_dict(pv: PauseVocab) -> dict:
+    "A `PauseVocab` as the checkpoint stores it."
+    return {"vocab_size": pv.vocab_size, "n_pauses": pv.n_pauses, "pause_ids": list(pv.pause_ids)}
+
+
+def load_model(ckpt, model_dir=None) -> tuple:
+    "Rebuild the model of any checkpoint `train` writes (TinyGPT, grown TinyGPT, base, or a grown 🤗 `PauseLM` via its `model/` folder): `(model, loss config or None, checkpoint dict)`."
+    path = None if isinstance(ckpt, dict) else Path(ckpt)
+    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+    cls = ck.get("model_class")
+    if cls == "TinyGPT":
+        model, cfg = model_from_checkpoint(ck)
+        return model, cfg, ck
+    if cls != "PauseLM":
+        raise ValueError(f"checkpoint holds a {cls!r}; load_model rebuilds TinyGPT and PauseLM checkpoints")
+    folder = Path(model_dir) if model_dir is not None else None
+    if folder is None and path is not None:
+        folder = (path if path.is_dir() else path.parent) / MODEL_DIR
+    meta = ((ck.get("extra") or {}).get("train_args") or {}).get("meta") or {}
+    if folder is not None and folder.is_dir():
+        try:
+            model = PauseLM.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{str(folder)!r} is not a saved PauseLM ({type(e).__name__}: {e})") from None
+    elif meta.get("base") not in (None, "default"):
+        base, tok = load_base_model(meta["base"])  # the run's own base, grown again: rows are overwritten by the weights below
+        model = grow_pause_model(base, ck["pause_vocab"]["n_pauses"], tokenizer=tok)
+    else:
+        raise ValueError(f"checkpoint holds a grown transformers model (PauseLM), whose architecture and tokenizer live in the "
+                         f"folder {str(folder) if folder is not None else MODEL_DIR + '/ next to it'!r} that train writes at the "
+                         "end of a run; it is missing and the checkpoint names no base to grow again (pass model_dir)")
+    if _pause_vocab_dict(model.pause_vocab) != ck["pause_vocab"]:
+        raise ValueError(f"the model folder's pause vocabulary {_pause_vocab_dict(model.pause_vocab)} differs from the "
+                         f"checkpoint's {ck['pause_vocab']}; they belong to different runs")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise ValueError(f"the checkpoint's weights do not fit the model in {str(folder)!r}: {str(e).splitlines()[0]}") from None
+    lc = ck.get("loss_config")
+    return model, (as_loss_config(lc) if lc is not None else None), ck

@@ -307,3 +307,143 @@ def test_demo_from_a_transformers_base(tmp_path, hf_base, capsys):
     res = run_demo(tmp_path / "demo", steps=1, quick=True, progress=False, corpus=corpus, base=hf_base)
     assert [r["loss"] for r in res] == ["base", "ce", "tbys", "ap"]
     assert abs(res[1]["nll"] - res[0]["nll"]) < 0.5  # continued from the user's base, not a fresh model
+
+
+# --- cyb-nb generate, and eval of every kind of checkpoint (issue 30) ---
+
+HF_TEXT = "\n".join("the cat sat on a mat and the dog ran to the big red house ." for _ in range(300))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, ap_checkpoint, hf_base):
+    "One checkpoint of every kind the command line writes: TinyGPT, grown TinyGPT, a pretrained base, a grown 🤗 model, a demo's."
+    from cyb_nb.cli import run_demo
+    d = tmp_path_factory.mktemp("kinds")
+    corpus = d / "mine.txt"
+    corpus.write_text(HF_TEXT)
+    assert main(["train", "--base", "default", "--loss", "ap", "--steps", "2", "--batch-size", "4", "--n-seqs", "8", "--eval-every",
+                 "2", "--eval-batches", "1", "--out", str(d / "grown"), "--no-progress"]) == 0
+    assert main(["pretrain", "--steps", "2", "--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "16", "--batch-size",
+                 "4", "--cache-dir", str(d / "cache"), "--no-progress", "--out", str(d / "base.pt")]) == 0
+    assert main(["train", "--base", str(hf_base), "--corpus", str(corpus), "--loss", "ap", "--pauses", "2", "--steps", "2",
+                 "--seq-len", "8", "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--out", str(d / "hf"),
+                 "--no-progress"]) == 0
+    run_demo(d / "demo", steps=1, quick=True, progress=False, corpus=corpus, base=hf_base)
+    return {"tinygpt": (ap_checkpoint, "1 + 2 + 3 ="), "grown": (d / "grown", "The list data type"),
+            "base": (d / "base.pt", "The list data type"), "hf": (d / "hf" / "checkpoint.pt", "the cat sat on"),
+            "demo_ap": (d / "demo" / "ckpt_ap", "the cat sat on"), "demo_folder": (d / "demo", None)}
+
+
+@pytest.mark.parametrize("kind", ["tinygpt", "grown", "base", "hf", "demo_ap"])
+def test_generate_and_eval_every_checkpoint_kind(checkpoints, kind, tmp_path, capsys):
+    from cyb_nb.decode import TokenEvent
+    path, prompt = checkpoints[kind]
+    capsys.readouterr()
+    rec = tmp_path / "tokens.jsonl"
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "5", "--json", str(rec)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(prompt) and "\x1b" not in out  # captured stdout is no terminal: plain
+    last = out.strip().splitlines()[-1]
+    assert "5 tokens in" in last and "tokens/s" in last and "mean pauses per token" in last and "forward positions per token" in last
+    events = [TokenEvent(**json.loads(line)) for line in rec.read_text().splitlines()]
+    assert len(events) == 5 and all(len(e.d) >= 1 and e.positions >= 1 for e in events)
+    mean_pos = float(last.split("forward positions per token ")[1].split()[0])
+    assert abs(mean_pos - sum(e.positions for e in events) / 5) < 0.006
+    assert main(["eval", str(path), "--batches", "1"]) == 0
+    line = capsys.readouterr().out
+    assert "val NLL" in line and "over the first 1 val batches of 32 =" in line and "tokens" in line
+
+
+def test_generate_is_the_library_decoder_and_json_round_trips(checkpoints, tmp_path, capsys):
+    "The CLI's tokens and records are stream_generate's with the checkpoint's settings (adaptive for AP, its δ prior)."
+    import dataclasses
+    from cyb_nb.decode import TokenEvent, generate
+    from cyb_nb.train import load_model
+    path, prompt = checkpoints["tinygpt"]
+    rec = tmp_path / "t.jsonl"
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "6", "--seed", "3", "--json", str(rec)]) == 0
+    model, cfg, _ = load_model(path)
+    stoi = {s: i for i, s in enumerate(["0", "1", "2", "3", "4", "+", "=", ";", "#1", "#2", "#3", "#4"])}
+    ref = generate(model, [stoi[w] for w in prompt.split()], 6, mode="adaptive", dk_prior=cfg.dk_prior, seed=3)
+    got = [TokenEvent(**json.loads(line)) for line in rec.read_text().splitlines()]
+    assert [e.token for e in got] == ref["tokens"]
+    assert [(e.pauses, e.positions, e.d) for e in got] == [(e.pauses, e.positions, e.d) for e in ref["events"]]
+    assert [dataclasses.asdict(e) for e in got] == [json.loads(line) for line in rec.read_text().splitlines()]
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "6", "--mode", "fixed", "--temperature", "0"]) == 0
+    assert "Recipe 1: 2 pauses after every token" in capsys.readouterr().out
+
+
+def test_generate_piped_has_no_escape_codes(checkpoints):
+    path, prompt = checkpoints["hf"]
+    r = run_cli("generate", path, "--prompt", prompt, "--max-new-tokens", "4", "--halt", "mass", "--threshold", "0.2")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and r.stdout.startswith(prompt) and "tokens/s" in r.stdout
+
+
+def test_generate_on_a_terminal_colours_the_pauses(checkpoints, capsys, monkeypatch):
+    path, prompt = checkpoints["tinygpt"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "4", "--threshold", "0"]) == 0  # never answers early
+    out = capsys.readouterr().out
+    assert "\x1b[1m" + prompt in out and "\x1b[31m" in out and "\x1b[2m²\x1b[0m" in out  # all 2 pauses: red, dim superscript
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "4", "--plain"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+
+
+def test_generate_bad_input_exit_2(checkpoints, tmp_path, capsys):
+    import torch
+    tiny, prompt = checkpoints["tinygpt"]
+    hf, hf_prompt = checkpoints["hf"]
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00 not a checkpoint")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    orphan = tmp_path / "orphan"
+    orphan.mkdir()
+    demo_ap = checkpoints["demo_ap"][0] / "checkpoint.pt"  # a grown 🤗 model without its model/ folder (and no --base recorded)
+    (orphan / "checkpoint.pt").write_bytes(demo_ap.read_bytes())
+    regrown = tmp_path / "regrown"  # the same without its folder but with the run's --base: grown again, the weights loaded
+    regrown.mkdir()
+    (regrown / "checkpoint.pt").write_bytes(Path(hf).read_bytes())
+    assert exit_code(["generate", str(regrown), "--prompt", hf_prompt, "--max-new-tokens", "2"]) == 0
+    cases = [(["generate", str(foreign), "--prompt", "a"], "argument checkpoint", "not a cyb_nb checkpoint"),
+             (["generate", str(junk), "--prompt", "a"], "argument checkpoint", "corrupt"),
+             (["generate", str(orphan), "--prompt", "a"], "argument checkpoint", "PauseLM"),
+             (["generate", str(checkpoints["demo_folder"][0]), "--prompt", "a"], "argument checkpoint", "demo output folder"),
+             (["generate", str(tiny), "--prompt", ""], "argument --prompt", "empty"),
+             (["generate", str(tiny), "--prompt", "  "], "argument --prompt", "empty"),
+             (["generate", str(tiny), "--prompt-file", str(empty)], "argument --prompt-file", "empty"),
+             (["generate", str(tiny), "--prompt-file", str(tmp_path / "nope.txt")], "argument --prompt-file", "nope.txt"),
+             (["generate", str(tiny), "--prompt", "1 + cat"], "argument --prompt", "'cat' is not a symbol"),
+             (["generate", str(hf), "--prompt", "the zebra"], "argument --prompt", "cannot encode"),
+             (["generate", str(hf), "--prompt", "the <pause_1>"], "argument --prompt", "pause"),
+             (["generate", str(tiny), "--prompt", prompt, "--max-new-tokens", "0"], "argument --max-new-tokens", "positive"),
+             (["generate", str(tiny), "--prompt", prompt, "--max-pauses", "3"], "argument --max-pauses", "2 pauses"),
+             (["generate", str(tiny), "--prompt", prompt, "--threshold", "1.5"], "argument --threshold", "[0, 1]"),
+             (["generate", str(tiny), "--prompt", prompt, "--max-new-tokens", "5000"], "argument --max-new-tokens", "positions"),
+             (["generate", str(tiny)], "--prompt", "required"),
+             (["eval", str(foreign)], "argument checkpoint", "not a cyb_nb checkpoint")]
+    for argv, arg, msg in cases:
+        assert exit_code(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert arg in err and msg in err, (argv, err)
+
+
+def test_eval_a_demo_folder_one_line_per_model(checkpoints, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(checkpoints["demo_folder"][0]), "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["loss"] for r in rows] == ["ce", "tbys", "ap"]
+    assert all(r["scored"] == "the whole val split" and r["n_tokens"] > 0 for r in rows)
+
+
+def test_train_final_line_says_over_how_many_tokens(tmp_path, capsys):
+    from cyb_nb.train import evaluate, load_model
+    assert main(["train", "--steps", "2", "--eval-every", "2", "--pauses", "2", "--out", str(tmp_path / "r"), *SMALL]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    model, cfg, _ = load_model(tmp_path / "r")
+    from cyb_nb.cli import load_task
+    n = evaluate(model, load_task("modsum", seq_len=16, n=64), cfg, batch_size=8, max_batches=1)["n_tokens"]
+    assert f"over --eval-batches 1 batches of 8 = {n} tokens" in last, last
