@@ -318,6 +318,9 @@ def hf_myopic_attention(module, query, key, value, attention_mask, **kwargs):
         return base(module, query, key, value, attention_mask, **kwargs)
     past_k, past_v = _past_kv(cut, key, value, getattr(module, "_cyb_past", None))
     module._cyb_past = None
+    # the same memory layout as the live keys/values (the capture pass runs without the KV cache, which re-lays them out), so that
+    # the base implementation's matmuls round exactly as in the vanilla forward
+    past_k, past_v = (p if p.stride() == x.stride() else torch.empty_like(x).copy_(p) for p, x in ((past_k, key), (past_v, value)))
     rep = query.shape[1] // key.shape[1]  # grouped-query attention: one k/v head serves `rep` query heads
     k, v, pk, pv = (x.repeat_interleave(rep, dim=1) if rep > 1 else x for x in (key, value, past_k, past_v))
     mask = attention_mask[..., : k.shape[-2]] if attention_mask is not None else None
