@@ -344,12 +344,13 @@ class CascadeAwareModel(nn.Module):
         self.large_pred = None  # [B, L] top-1 of the large model on the last training input
 
     def forward(self, input_ids=None, position_ids=None, **kw):
-        "The small model's logits; while training, the large model's argmax on the same input is kept in `large_pred`."
+        "The small model's logits; while training, the large model's argmax on the same input (ids, positions, `attention_mask`, `counts`) is kept in `large_pred`."
         out = self.small(input_ids, position_ids=position_ids, **kw)
         if self.training:
             self.large.eval()
             with torch.no_grad():
-                self.large_pred = self.large(input_ids, position_ids=position_ids)[..., :-1].argmax(-1)  # real tokens only
+                same_input = {k: v for k, v in kw.items() if k in ("attention_mask", "counts")}  # padding, pauses: what the input is
+                self.large_pred = self.large(input_ids, position_ids=position_ids, **same_input)[..., :-1].argmax(-1)  # real tokens only
         return out
 
     def train(self, mode: bool = True):

@@ -21,11 +21,12 @@ from .models import Attention, TinyGPT
 from .stream import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['MYOPIC_CUTS', 'HF_MYOPIC', 'MyopicCut', 'diagonal_attention_probs', 'myopic_attention', 'diagonal_split_attention',
-           'MyopicAttention', 'hf_myopic_attention', 'make_myopic', 'myopic_cut_of', 'is_myopic', 'myopic', 'SineTask',
-           'make_sine_task', 'SineRegressor', 'sine_losses', 'train_sine', 'residual_states', 'probe_accuracy',
-           'probe_r2', 'probe_layers', 'sine_probes', 'plot_sine_probes', 'PrecacheTask', 'make_precache',
-           'load_precache', 'MyopiaResult', 'compare_myopic', 'probe_baselines', 'plot_probes']
+__all__ = ['MYOPIC_CUTS', 'HF_MYOPIC', 'HF_MYOPIC_BASES', 'MyopicCut', 'diagonal_attention_probs', 'myopic_attention',
+           'diagonal_split_attention', 'MyopicAttention', 'hf_myopic_mask', 'hf_myopic_attention', 'make_myopic',
+           'myopic_cut_of', 'is_myopic', 'myopic', 'SineTask', 'make_sine_task', 'SineRegressor', 'sine_losses',
+           'train_sine', 'residual_states', 'probe_accuracy', 'probe_r2', 'probe_layers', 'sine_probes',
+           'plot_sine_probes', 'PrecacheTask', 'make_precache', 'load_precache', 'MyopiaResult', 'compare_myopic',
+           'probe_baselines', 'plot_probes']
 
 # %% ../nbs/12_myopic.ipynb #09fdf8bf
 MYOPIC_CUTS = {
@@ -94,8 +95,18 @@ def _check_past(k, v, past_k, past_v):
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
 
-def _mask_scores(s, off, attn_mask):
-    "Scores `s [..., Lq, Lk]` with future keys (key j > query i + off) and `attn_mask`'s exclusions (bool False or additive) at -inf."
+def _softcap(s, softcap):
+    "Logit soft-capping `c·tanh(s / c)` (Gemma 2's attention scores), or `s` itself when `softcap` is None."
+    if softcap is None:
+        return s
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0:
+        raise ValueError(f"softcap must be a number > 0 or None, got {softcap!r}")
+    return softcap * torch.tanh(s / softcap)
+
+
+def _mask_scores(s, off, attn_mask, softcap=None):
+    "Scores `s [..., Lq, Lk]` (soft-capped first, if asked) with future keys (key j > query i + off) and `attn_mask`'s exclusions (bool False or additive) at -inf."
+    s = _softcap(s, softcap)
     i = torch.arange(s.shape[-2], device=s.device)[:, None]
     j = torch.arange(s.shape[-1], device=s.device)[None, :]
     s = s.masked_fill(j > i + off, float("-inf"))
@@ -104,18 +115,25 @@ def _mask_scores(s, off, attn_mask):
     return s
 
 
+def _live_rows(s):
+    "Rows of masked scores `s` with a key left to read, `[..., Lq, 1]` (False: every key -inf, e.g. a left-padding query), and `s` with the dead rows set to 0."
+    live = ~torch.isneginf(s).all(-1, keepdim=True)
+    return live, s.masked_fill(~live, 0.0)
+
+
 def diagonal_attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
-                             attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    "Causal softmax weight `[..., Lq]` each query puts on its own position (key `Lk - Lq + i` for query i)."
+                             attn_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    "Causal softmax weight `[..., Lq]` each query puts on its own position (key `Lk - Lq + i` for query i); 0 on a query that may read no key."
     _check_qkv(q, k, k)
     off, scale = k.shape[-2] - q.shape[-2], (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    s = _mask_scores((q @ k.transpose(-1, -2)) * scale, off, attn_mask)
-    return torch.exp(s.diagonal(offset=off, dim1=-2, dim2=-1) - torch.logsumexp(s, dim=-1))
+    live, s = _live_rows(_mask_scores((q @ k.transpose(-1, -2)) * scale, off, attn_mask, softcap))
+    p = torch.exp(s.diagonal(offset=off, dim1=-2, dim2=-1) - torch.logsumexp(s, dim=-1))
+    return p.masked_fill(~live[..., 0], 0.0)
 
 
 def myopic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor | None = None,
                      past_v: torch.Tensor | None = None, attend: Callable | None = None, scale: float | None = None,
-                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     attn_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
     "Causal attention equal in value to `attend(q, k, v)`; query t reads `past_k`/`past_v` (same values, other gradient paths; default `k`, `v` detached) at earlier positions and its own `k_t`, `v_t`."
     _check_qkv(q, k, v)
     past_k = k.detach() if past_k is None else past_k
@@ -133,15 +151,17 @@ def myopic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: 
     off = k.shape[-2] - q.shape[-2]
     own = lambda x: x[..., off:, :]  # each query's own key/value
     with torch.no_grad():
-        p = diagonal_attention_probs(q.detach(), past_k.detach(), scale, attn_mask)[..., None]
+        p = diagonal_attention_probs(q.detach(), past_k.detach(), scale, attn_mask, softcap)[..., None]
         resid = own(v).detach() - out.detach()
     qd = q.detach()
-    ds = ((qd * own(k)).sum(-1, keepdim=True) - (qd * own(past_k)).sum(-1, keepdim=True)) * scale  # zero in value
+    score = lambda kk: _softcap((qd * own(kk)).sum(-1, keepdim=True) * scale, softcap)  # each query's own score
+    ds = score(k) - score(past_k)  # zero in value
     return out + p * ((own(v) - own(past_v)) + ds * resid)
 
 
 def diagonal_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                             scale: float | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                             scale: float | None = None, attn_mask: torch.Tensor | None = None,
+                             softcap: float | None = None) -> torch.Tensor:
     "Causal attention in which query t reads `past_k`/`past_v` at every earlier position and its own `k_t`, `v_t` (any values; written out, no fused kernel)."
     _check_qkv(q, k, v)
     _check_past(k, v, past_k, past_v)
@@ -150,7 +170,8 @@ def diagonal_split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     s_own = (q * k[..., off:, :]).sum(-1) * scale  # [..., Lq]
     s = (q @ past_k.transpose(-1, -2)) * scale
     is_own = torch.arange(k.shape[-2], device=q.device)[None, :] == torch.arange(q.shape[-2], device=q.device)[:, None] + off
-    w = _mask_scores(torch.where(is_own, s_own[..., None], s), off, attn_mask).softmax(-1)
+    live, s = _live_rows(_mask_scores(torch.where(is_own, s_own[..., None], s), off, attn_mask, softcap))
+    w = s.softmax(-1).masked_fill(~live, 0.0)  # a query that may read no key outputs 0 (as PyTorch's sdpa does)
     return w @ past_v + w.diagonal(offset=off, dim1=-2, dim2=-1)[..., None] * (v[..., off:, :] - past_v[..., off:, :])
 
 # %% ../nbs/12_myopic.ipynb #33cb0db1
@@ -238,7 +259,14 @@ def _base_class(cls: type) -> type:
     return next(c for c in cls.__mro__[1:] if c is not _MyopicMixin and issubclass(c, Attention) and not issubclass(c, _MyopicMixin))
 
 # %% ../nbs/12_myopic.ipynb #54318ecd
-HF_MYOPIC = "cyb_myopic"  # name of the myopic implementation registered with transformers' AttentionInterface
+HF_MYOPIC = "cyb_myopic"  # name of the myopic implementation registered with transformers' AttentionInterface and AttentionMaskInterface
+HF_MYOPIC_BASES = ("eager", "sdpa")  # implementations the cut can wrap: their masks are dense (bool or additive) [B, 1, Lq, Lk] or None
+
+
+def _hf_base_name(config) -> str:
+    "The attention implementation a transformers config used before it was made myopic (`cyb_myopic_base`; 'sdpa' when unset)."
+    name = getattr(config, "cyb_myopic_base", None)
+    return "sdpa" if name is None else name
 
 
 def _hf_base_attention(module, name: str) -> Callable:
@@ -247,6 +275,20 @@ def _hf_base_attention(module, name: str) -> Callable:
     if name in (None, "eager"):
         return sys.modules[type(module).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def hf_myopic_mask(*args, config=None, **kwargs):
+    "The transformers mask function registered for `HF_MYOPIC`: the mask the model's previous implementation gets (causal, sliding window, padding), built by that implementation's own mask function."
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    return ALL_MASK_ATTENTION_FUNCTIONS[_hf_base_name(config)](*args, config=config, **kwargs)
+
+
+def _hf_register():
+    "Register `HF_MYOPIC` with transformers: the attention function and, so that the model builds its causal/padding mask for it, the mask function."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    AttentionInterface.register(HF_MYOPIC, hf_myopic_attention)
+    AttentionMaskInterface.register(HF_MYOPIC, hf_myopic_mask)
 
 
 def _hf_capture_hook(module, args, kwargs):
@@ -269,20 +311,29 @@ def hf_myopic_attention(module, query, key, value, attention_mask, **kwargs):
     "A transformers attention implementation: the module's previous one with earlier positions read through its `myopic_cut`."
     if getattr(module, "_cyb_capture", None) is not None:
         return _record_kv(module, query, key, value).transpose(1, 2), None
-    base = _hf_base_attention(module, getattr(module.config, "cyb_myopic_base", "sdpa"))
+    base_name = _hf_base_name(module.config)
+    base = _hf_base_attention(module, base_name)
     cut = getattr(module, "myopic_cut", MyopicCut("kv"))
     if cut.keeps_values and not (torch.is_grad_enabled() and (key.requires_grad or value.requires_grad)):
         return base(module, query, key, value, attention_mask, **kwargs)
     past_k, past_v = _past_kv(cut, key, value, getattr(module, "_cyb_past", None))
     module._cyb_past = None
+    # the same memory layout as the live keys/values (the capture pass runs without the KV cache, which re-lays them out), so that
+    # the base implementation's matmuls round exactly as in the vanilla forward
+    past_k, past_v = (p if p.stride() == x.stride() else torch.empty_like(x).copy_(p) for p, x in ((past_k, key), (past_v, value)))
     rep = query.shape[1] // key.shape[1]  # grouped-query attention: one k/v head serves `rep` query heads
     k, v, pk, pv = (x.repeat_interleave(rep, dim=1) if rep > 1 else x for x in (key, value, past_k, past_v))
     mask = attention_mask[..., : k.shape[-2]] if attention_mask is not None else None
+    if kwargs.get("s_aux") is not None:
+        raise ValueError(f"{type(module).__name__} uses attention sinks (s_aux), which the myopic cut does not model")
     scaling = kwargs.get("scaling")
+    softcap = kwargs.get("softcap") if base_name == "eager" else None  # Gemma 2's eager attention soft-caps its scores
     if not cut.keeps_values:
-        return diagonal_split_attention(query, k, v, pk, pv, scale=scaling, attn_mask=mask).transpose(1, 2), None
+        out = diagonal_split_attention(query, k, v, pk, pv, scale=scaling, attn_mask=mask, softcap=softcap)
+        return out.transpose(1, 2), None
     out, weights = base(module, query, past_k, past_v, attention_mask, **kwargs)  # out [B, Lq, H, d]
-    myo = myopic_attention(query, k, v, pk, pv, attend=lambda *_: out.transpose(1, 2), scale=scaling, attn_mask=mask)
+    myo = myopic_attention(query, k, v, pk, pv, attend=lambda *_: out.transpose(1, 2), scale=scaling, attn_mask=mask,
+                           softcap=softcap)
     return myo.transpose(1, 2), weights
 
 
@@ -322,9 +373,13 @@ def make_myopic(model: nn.Module, enabled: bool = True, cut: str = "hidden", bet
             m.myopic_cut = settings
         else:
             m.__dict__.pop("myopic_cut", None)
+    for lm in hf:  # refuse an implementation the cut cannot wrap before changing anything
+        cur = lm.config._attn_implementation
+        if enabled and cur != HF_MYOPIC and (cur or "eager") not in HF_MYOPIC_BASES:
+            raise ValueError(f"make_myopic supports the attention implementations {list(HF_MYOPIC_BASES)}; {type(lm).__name__} uses "
+                             f"{cur!r}, whose mask the cut cannot read. Switch first: model.set_attn_implementation('sdpa')")
     if hf:
-        from transformers import AttentionInterface
-        AttentionInterface.register(HF_MYOPIC, hf_myopic_attention)
+        _hf_register()
     for lm in hf:
         hf_attns = _hf_attention_modules(lm)
         if enabled and settings.reprojects and not hf_attns:
@@ -341,7 +396,7 @@ def make_myopic(model: nn.Module, enabled: bool = True, cut: str = "hidden", bet
         cur = lm.config._attn_implementation
         if enabled and cur != HF_MYOPIC:
             for c in {id(x.config): x.config for x in lm.modules() if hasattr(x, "config")}.values():
-                c.cyb_myopic_base = cur
+                c.cyb_myopic_base = cur or "eager"
             lm.set_attn_implementation(HF_MYOPIC)
         elif not enabled and cur == HF_MYOPIC:
             lm.set_attn_implementation(getattr(lm.config, "cyb_myopic_base", "sdpa"))

@@ -66,6 +66,64 @@ def test_diagonal_probs_against_softmax_with_offset():
         torch.testing.assert_close(p[..., i], (s / math.sqrt(5)).softmax(-1)[..., 0, -1])
 
 
+def _ref_masked_myopic_grads(q, k, v, w, keep, softcap=None):
+    "Brute force with a key mask `keep [B, 1, L, L]` (and optional soft-capping): per query t, every key/value but t's detached; a query with no key outputs 0."
+    L = q.shape[-2]
+    out = [torch.zeros_like(x) for x in (q, k, v)]
+    allowed = keep & torch.ones(L, L, dtype=torch.bool).tril()
+    for t in range(L):
+        own = (torch.arange(L) == t)[:, None].to(q.dtype)
+        kk, vv = k * own + k.detach() * (1 - own), v * own + v.detach() * (1 - own)
+        s = (q @ kk.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        s = s if softcap is None else softcap * torch.tanh(s / softcap)
+        row = allowed[..., t, :]  # [B, 1, L]
+        e = torch.where(row, torch.exp(s[..., t, :] - s[..., t, :].detach().amax(-1, keepdim=True)), 0.0)
+        wt = e / e.sum(-1, keepdim=True).clamp(min=1e-300)
+        o = (wt[..., None] * vv).sum(-2)
+        for acc, g in zip(out, torch.autograd.grad((o * w[..., t, :]).sum(), (q, k, v), allow_unused=True)):
+            if g is not None:
+                acc += g
+    return out
+
+
+@pytest.mark.parametrize("softcap", [None, 0.7])
+def test_fully_masked_rows_give_zero_and_finite_gradients(softcap):
+    "Left padding: queries that may read no key (every key masked) get diagonal weight 0 and output 0; no NaN forward or backward."
+    torch.manual_seed(3)
+    B, H, L, D = 2, 2, 6, 4
+    q, k, v = (torch.randn(B, H, L, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    w = torch.randn(B, H, L, D, dtype=torch.float64)
+    pad = torch.tensor([[True] * 2 + [False] * 4, [False] * 6])  # row 0: two pad positions on the left
+    keep = (~pad)[:, None, None, :].expand(B, 1, L, L)  # bool mask as transformers' sdpa builds it (+ causality inside)
+    keep = keep & torch.ones(L, L, dtype=torch.bool).tril()
+    p = diagonal_attention_probs(q, k, attn_mask=keep, softcap=softcap)
+    assert torch.isfinite(p).all() and (p[0, :, :2] == 0).all() and (p[0, :, 2:] > 0).all()
+    pg = diagonal_attention_probs(q.detach().requires_grad_(), k, attn_mask=keep, softcap=softcap)
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(pg.sum(), (k,)))
+    sdpa = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=keep)
+    for fn in (lambda: myopic_attention(q, k, v, attend=None if softcap is None else _capped(softcap, keep), attn_mask=keep,
+                                        softcap=softcap),
+               lambda: diagonal_split_attention(q, k, v, k.detach(), v.detach(), attn_mask=keep, softcap=softcap)):
+        out = fn()
+        assert torch.isfinite(out).all() and (out[0, :, :2] == 0).all()
+        got = torch.autograd.grad((out * w).sum(), (q, k, v))
+        assert all(torch.isfinite(g).all() for g in got)
+        for a, b in zip(got, _ref_masked_myopic_grads(q, k, v, w, keep, softcap)):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    if softcap is None:
+        torch.testing.assert_close(myopic_attention(q, k, v, attn_mask=keep)[0, :, 2:], sdpa(q, k, v)[0, :, 2:], atol=0, rtol=0)
+
+
+def _capped(softcap, keep):
+    "Soft-capped causal attention with a bool key mask, written out (rows with no key output 0)."
+    def attend(q, k, v):
+        s = softcap * torch.tanh((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) / softcap)
+        s = s.masked_fill(~keep, float("-inf"))
+        live = ~torch.isneginf(s).all(-1, keepdim=True)
+        return s.masked_fill(~live, 0).softmax(-1).masked_fill(~live, 0) @ v
+    return attend
+
+
 @pytest.mark.parametrize("cut", ["hidden", "kv"])
 def test_model_forward_identical_and_restorable(cut):
     m = _tiny()
