@@ -35,7 +35,7 @@ REGIME_SETTINGS = {
     "ce": SETTINGS["ce"],  # CE continued on the same batches, no pauses: what fine-tuning alone does
     "ap": SETTINGS["ap"],  # the paper's winner: ω = 0:0:0:1, γ = 1 (no price on a pause)
     "ap_g09": Setting("CYB-AP ω=0:0:0:1 γ=0.9^(i-1)", LossConfig("ap", omega=(0, 0, 0, 1), gamma=GAMMA_09), 3),
-    "va": SETTINGS["va_r11333"],  # prior ρ = 11:3:3:3 (the paper's cheapest prior, 0.84 expected pauses)
+    "va": SETTINGS["va_r11333"],  # prior ρ = 11:3:3:3 (the paper's cheapest prior, 0.90 expected pauses)
     "dp_a001": SETTINGS["dp_r11333_a001"],  # budget ρ = 11:3:3:3 at the paper's two strengths
     "dp_a01": SETTINGS["dp_r11333_a01"],
 }
