@@ -307,3 +307,27 @@ def test_ponder_init_keeps_the_residual_stream_of_a_one_pass_model(scale_embeds)
     # the stream after all passes: within a factor 2.5 of the 1-pass model's (measured 0.59 without scale_embeds — each pass
     # adds a quarter of the variance; 1.95 with — the pondering embeddings c·pE accumulate in the input e^K)
     assert 1 / 2.5 < r4 / r1 < 2.5
+
+
+def test_ponder_curves_script_authors_setting_and_resume(tmp_path):
+    import json, subprocess, sys
+    from pathlib import Path
+    out = tmp_path / "pa.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ponder_curves.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), "--preset", "test", "--jobs", "1", "--no-finetune", "--ks", "0",
+                                     "--authors", "--out", str(out), *a], capture_output=True, text=True, env=env, timeout=600)
+    p = run("--seeds", "0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["config"]["init"] == "ponder" and doc["config"]["scale_embeds"] is True and doc["complete"] is True
+    first = {k: v for k, v in doc["job_seconds"].items()}
+    assert set(first) == {"scratch K=0 seed 0", "scratch big seed 0"}
+    p = run("--seeds", "1")  # adds seed 1, keeps seed 0's rows without training them again
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming" in p.stdout and "2 jobs done, 2 to run" in p.stdout
+    doc2 = json.loads(out.read_text())
+    assert doc2["config"]["seeds"] == [0, 1]
+    assert {k: doc2["job_seconds"][k] for k in first} == first
+    assert [r for r in doc2["rows"] if r["seed"] == 0] == [r for r in doc["rows"] if r["seed"] == 0]
+    assert {r["seed"] for r in doc2["rows"]} == {0, 1}
