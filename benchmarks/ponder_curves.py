@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=None, help="from-scratch peak learning rate (default: the preset's)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     ap.add_argument("--ks", default=None, help="comma-separated ponder steps (default: the preset's)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated models to train, in this order, one after another (e.g. K=3,K=0,big); default: all, biggest first")
     ap.add_argument("--out", default="benchmarks/ponder_curves.json")
     a = ap.parse_args(argv)
     cfg = PONDER_PRESETS[a.preset]
@@ -74,6 +76,9 @@ def main(argv=None):
     if not a.no_finetune:
         jobs += [("finetune", f"K={k}", s) for s in cfg.seeds for k in cfg.ks]
     jobs.sort(key=lambda j: -cost[j[1]] * (cfg.steps * cfg.batch_size if j[0] == "scratch" else cfg.finetune_steps * cfg.finetune_batch_size))
+    if a.only:
+        order = [x.strip() for x in a.only.split(",")]
+        jobs = sorted((j for j in jobs if j[1] in order), key=lambda j: (order.index(j[1]), j[0], j[2]))
     t0, rows, secs = time.perf_counter(), [], {}
     done = _load_partial(a.out, a.preset, cfg)  # resume: the jobs of an earlier, interrupted run of this configuration
     if done:
