@@ -20,7 +20,7 @@ from .stream import PauseStream, PauseVocab, expand
 
 # %% auto #0
 __all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'PAUSE_INITS', 'TinyGPTConfig', 'rope_cos_sin', 'apply_rope',
-           'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'TinyGPT', 'forward_steps',
+           'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'init_stds', 'TinyGPT', 'forward_steps',
            'plot_attention_pattern', 'accepts_position_ids', 'new_rows', 'PauseLM', 'tiny_hf_lm', 'grow_pause_model',
            'rare_token_ids']
 
@@ -39,7 +39,9 @@ class TinyGPTConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True  # output rows of the V real tokens = their input rows
     dk_bias: bool = True  # learned bias on the δ logit
-    init_std: float = 0.02
+    init_std: float = 0.02  # std of every weight under init="gpt2"
+    init: str = "gpt2"  # "gpt2": N(0, init_std²), residual projections ÷ √(2L); "ponder": PonderingLM's (see `init_stds`)
+    init_passes: int = 1  # passes through the stack the init plans for: K + 1 for a PonderLM with K steps (init="ponder" only)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_outputs", "d_model", "n_layers", "n_heads", "max_positions"):
@@ -63,6 +65,12 @@ class TinyGPTConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not self.rope_base > 1:
             raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        if self.init not in ("gpt2", "ponder"):
+            raise ValueError(f"init must be 'gpt2' or 'ponder', got {self.init!r}")
+        if not isinstance(self.init_passes, int) or isinstance(self.init_passes, bool) or self.init_passes < 1:
+            raise ValueError(f"init_passes must be an int >= 1 (K + 1 for a model that ponders K times), got {self.init_passes!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
 
     @property
     def head_dim(self) -> int:
@@ -195,6 +203,19 @@ class Block(nn.Module):
         h = h + self.drop(self.attn(self.norm1(h), cos, sin, cache))
         return h + self.drop(self.mlp(self.norm2(h)))
 
+# %% ../nbs/05_models.ipynb #ab12c0de
+def init_stds(model: nn.Module) -> dict:
+    "The init std of each weight of a `TinyGPT` by parameter name (norms and the δ bias are not drawn, so absent)."
+    cfg = model.config
+    L, d = cfg.n_layers, cfg.d_model
+    if cfg.init == "gpt2":  # GPT-2: one std; the residual outputs ÷ √(2L), one factor per residual branch
+        std, resid = cfg.init_std, math.sqrt(2 * L)
+    else:  # PonderingLM: "small init" √(2/(5d)); the residual outputs ÷ √(2·L·(K+1)) — K+1 passes = (K+1)·L blocks deep
+        std, resid = math.sqrt(2 / (5 * d)), math.sqrt(2 * L * cfg.init_passes)
+    return {name: std / resid if name.endswith("proj.weight") else std
+            for name, _ in model.named_parameters() if "norm" not in name and name != "dk_bias"}
+
+
 # %% ../nbs/05_models.ipynb #88d169cb
 class TinyGPT(nn.Module):
     "A small decoder-only transformer (pre-norm, RoPE from `position_ids`, tied embeddings) whose last output column is δ."
@@ -221,13 +242,15 @@ class TinyGPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        "GPT-2 initialisation: N(0, init_std²), residual projections scaled by 1/sqrt(2·n_layers), zero δ bias, unit norms."
-        std = self.config.init_std
+        "Initialise every weight with the std `init_stds` gives (normal for 'gpt2', truncated normal for 'ponder'); zero δ bias, unit norms."
+        stds = init_stds(self)
         for name, p in self.named_parameters():
-            if "norm" in name or name == "dk_bias":
+            if name not in stds:
                 continue
-            s = std / math.sqrt(2 * self.config.n_layers) if name.endswith("proj.weight") else std
-            nn.init.normal_(p, 0.0, s)
+            if self.config.init == "ponder":  # torch's default cut at ±2 (absolute) as the authors' `transformers` init: ≥ 20σ here
+                nn.init.trunc_normal_(p, 0.0, stds[name])
+            else:
+                nn.init.normal_(p, 0.0, stds[name])
         if self.dk_bias is not None:
             nn.init.zeros_(self.dk_bias)
 

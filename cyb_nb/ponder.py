@@ -262,6 +262,7 @@ class PonderCurveConfig:
     size: str = "tiny"  # TinyGPT size of the pondering models (cyb_nb.train.MODEL_SIZES)
     big_target: float = 2.0  # the vanilla comparison has about this many times the parameters (more layers, same width)
     scale_embeds: bool = False  # PonderLM's ×√d on e⁰ and E (the authors' scripts turn it on); applied to every model alike
+    init: str = "gpt2"  # TinyGPT init: "gpt2" (N(0, 0.02²), residual outputs ÷ √(2L)) or "ponder" (the authors': √(2/(5d)), ÷ √(2L(K+1)))
     seq_len: int = 64
     steps: int = 2000  # from-scratch optimizer steps on the whole train split
     batch_size: int = 16
@@ -284,6 +285,8 @@ class PonderCurveConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not self.big_target > 1:
             raise ValueError(f"big_target must be > 1 (times the small model's parameters), got {self.big_target!r}")
+        if self.init not in ("gpt2", "ponder"):
+            raise ValueError(f"init must be 'gpt2' or 'ponder', got {self.init!r}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
 
@@ -309,7 +312,7 @@ def ponder_run(config: PonderCurveConfig, regime: str, name: str, seed: int, bas
     "Train one model of the experiment and return its learning curve rows ('scratch': `name` is 'K=k' or 'big'; 'finetune': 'K=k')."
     import copy
     from cyb_nb.data import load_data
-    from cyb_nb.train import as_splits, make_model, train
+    from cyb_nb.train import MODEL_SIZES, as_splits, make_model, train
     if regime not in ("scratch", "finetune"):
         raise ValueError(f"regime must be 'scratch' or 'finetune', got {regime!r}")
     split = "train" if regime == "scratch" else "finetune"
@@ -317,6 +320,7 @@ def ponder_run(config: PonderCurveConfig, regime: str, name: str, seed: int, bas
     k = 0 if name == "big" else int(name.removeprefix("K="))
     if regime == "scratch":
         size = double_size(config.size, sp, config.big_target) if name == "big" else config.size
+        size = {**(MODEL_SIZES[size] if isinstance(size, str) else size), "init": config.init, "init_passes": k + 1}
         net = make_model(sp, "ce", n_pauses=0, size=size, seed=seed)
         steps, bs, lr, warmup = config.steps, config.batch_size, config.lr, config.warmup
     else:

@@ -443,3 +443,63 @@ def test_grow_a_transformers_model_keeps_its_logits():
         ref = lm(x).logits
         assert torch.allclose(g0(x)[:, :, 0, :V], ref, atol=1e-5)
         assert torch.allclose(g2(x)[:, 0, 0, :V], ref[:, 0], atol=1e-5)
+
+
+# ---------------------------------------------------------------- initialisation: GPT-2's (default) and PonderingLM's
+
+def _old_gpt2_init(model):
+    "The initialisation TinyGPT had before `init` existed, written out: N(0, 0.02²), `*proj.weight` ÷ √(2L)."
+    std = model.config.init_std
+    for name, p in model.named_parameters():
+        if "norm" in name or name == "dk_bias":
+            continue
+        nn.init.normal_(p, 0.0, std / math.sqrt(2 * model.config.n_layers) if name.endswith("proj.weight") else std)
+    nn.init.zeros_(model.dk_bias)
+
+
+def test_default_init_is_unchanged_bitwise():
+    cfg = TinyGPTConfig(vocab_size=40, n_outputs=33, d_model=32, n_layers=3, n_heads=2)
+    assert cfg.init == "gpt2" and cfg.init_passes == 1
+    m = TinyGPT(cfg)
+    torch.manual_seed(5)
+    m.reset_parameters()
+    new = {n: p.detach().clone() for n, p in m.named_parameters()}
+    torch.manual_seed(5)
+    _old_gpt2_init(m)
+    for n, p in m.named_parameters():
+        assert torch.equal(new[n], p), n
+
+
+@pytest.mark.parametrize("L, K", [(2, 0), (3, 3), (4, 1)])
+def test_ponder_init_std_per_layer_matches_the_formula(L, K):
+    from cyb_nb.models import init_stds
+    d = 128
+    torch.manual_seed(0)
+    m = TinyGPT(TinyGPTConfig(vocab_size=300, n_outputs=257, d_model=d, n_layers=L, n_heads=4, init="ponder", init_passes=K + 1))
+    sigma = math.sqrt(2 / (5 * d))
+    stds = init_stds(m)
+    assert set(stds) == {n for n, _ in m.named_parameters() if "norm" not in n and n != "dk_bias"}
+    for i in range(L):  # the factor per layer: qkv and MLP-in at sigma, both residual outputs at sigma / √(2L(K+1))
+        for n in (f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.mlp.up.weight"):
+            assert stds[n] == pytest.approx(sigma)
+        for n in (f"blocks.{i}.attn.proj.weight", f"blocks.{i}.mlp.proj.weight"):
+            assert stds[n] == pytest.approx(sigma / math.sqrt(2 * L * (K + 1)))
+    assert stds["tok_emb.weight"] == pytest.approx(sigma) and stds["dk_weight"] == pytest.approx(sigma)
+    for n, p in m.named_parameters():  # drawn: mean 0 and the std above (≥ 16k draws: relative s.e. of the std < 0.6%)
+        if n in stds and p.numel() >= 10_000:
+            assert p.std().item() == pytest.approx(stds[n], rel=0.03), n
+            assert abs(p.mean().item()) < 4 * stds[n] / math.sqrt(p.numel()), n
+        if n in stds:
+            assert p.abs().max().item() <= 2.0  # trunc_normal_'s cut
+    assert torch.equal(m.dk_bias, torch.zeros(1)) and all(torch.equal(p, torch.ones_like(p)) for n, p in m.named_parameters() if "norm" in n)
+    # the GPT-2 default: 0.02 everywhere, residual outputs ÷ √(2L), whatever init_passes says
+    g = TinyGPT(TinyGPTConfig(vocab_size=300, n_outputs=257, d_model=d, n_layers=L, n_heads=4, init_passes=K + 1))
+    assert init_stds(g)["blocks.0.mlp.proj.weight"] == pytest.approx(0.02 / math.sqrt(2 * L))
+    assert g.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * L), rel=0.03)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(init="xavier"), "init must be"), (dict(init_passes=0), "init_passes"),
+                                       (dict(init_passes=2.0), "init_passes"), (dict(init_std=0.0), "init_std")])
+def test_init_options_are_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TinyGPTConfig(vocab_size=40, n_outputs=33, **kw)

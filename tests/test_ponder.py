@@ -245,7 +245,8 @@ def test_gap_closed_is_the_share_of_the_gap():
 
 
 @pytest.mark.parametrize("bad, match", [(dict(ks=()), "ks"), (dict(ks=(0, -1)), "ks"), (dict(steps=0), "steps"),
-                                        (dict(big_target=1.0), "big_target"), (dict(seeds=()), "seeds")])
+                                        (dict(big_target=1.0), "big_target"), (dict(seeds=()), "seeds"),
+                                        (dict(init="small"), "init")])
 def test_ponder_curve_config_rejects_bad_values(bad, match):
     from cyb_nb.ponder import PonderCurveConfig
     with pytest.raises(ValueError, match=match):
@@ -273,3 +274,60 @@ def test_ponder_curves_script_writes_curves(tmp_path):
         assert k3["train_flops"] == pytest.approx(4 * k0["train_flops"])
     assert all(math.isfinite(r["val_nll"]) for r in rows)
     assert "closes of the K=0 -> 2x gap" in p.stdout
+
+
+# ---------------------------------------------------------------- the authors' initialisation (TinyGPTConfig.init="ponder")
+
+def _ponder_init_stream(K, passes, scale_embeds, seed=0, d=64, L=2, V=200):
+    "Per pass: the variance the blocks add to the residual stream (final state minus the pass input), and the final stream's RMS."
+    from cyb_nb.models import TinyGPTConfig
+    torch.manual_seed(seed)
+    m = TinyGPT(TinyGPTConfig(vocab_size=V, n_outputs=V + 1, d_model=d, n_layers=L, n_heads=4, init="ponder", init_passes=passes))
+    pm = PonderLM(m, steps=K, scale_embeds=scale_embeds)
+    ids = torch.randint(0, V, (8, 64), generator=torch.Generator().manual_seed(1))
+    hs = []
+    hook = m.norm.register_forward_pre_hook(lambda mod, a: hs.append(a[0].detach()))  # the stream after the last block
+    with torch.no_grad():
+        tr = pm(ids, return_trace=True)
+    hook.remove()
+    assert len(hs) == K + 1
+    added = [(h - e).pow(2).mean().item() for h, e in zip(hs, tr.embeds)]
+    return added, hs[-1].pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("scale_embeds", [False, True])
+def test_ponder_init_keeps_the_residual_stream_of_a_one_pass_model(scale_embeds):
+    # ÷√(2L(K+1)) spreads one pass's variance budget over K+1 passes: the variance the blocks add, summed over the 4 passes
+    # of K=3, is that of the 1-pass model's blocks (measured ratio 0.98 / 0.97), not 4× (4.18 / 3.99 with ÷√(2L) only)
+    one, r1 = _ponder_init_stream(0, 1, scale_embeds)
+    four, r4 = _ponder_init_stream(3, 4, scale_embeds)
+    four_unscaled, _ = _ponder_init_stream(3, 1, scale_embeds)
+    assert sum(four) / sum(one) == pytest.approx(1.0, abs=0.15)
+    assert sum(four_unscaled) / sum(one) == pytest.approx(4.0, rel=0.15)
+    # the stream after all passes: within a factor 2.5 of the 1-pass model's (measured 0.59 without scale_embeds — each pass
+    # adds a quarter of the variance; 1.95 with — the pondering embeddings c·pE accumulate in the input e^K)
+    assert 1 / 2.5 < r4 / r1 < 2.5
+
+
+def test_ponder_curves_script_authors_setting_and_resume(tmp_path):
+    import json, subprocess, sys
+    from pathlib import Path
+    out = tmp_path / "pa.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ponder_curves.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), "--preset", "test", "--jobs", "1", "--no-finetune", "--ks", "0",
+                                     "--authors", "--out", str(out), *a], capture_output=True, text=True, env=env, timeout=600)
+    p = run("--seeds", "0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["config"]["init"] == "ponder" and doc["config"]["scale_embeds"] is True and doc["complete"] is True
+    first = {k: v for k, v in doc["job_seconds"].items()}
+    assert set(first) == {"scratch K=0 seed 0", "scratch big seed 0"}
+    p = run("--seeds", "1")  # adds seed 1, keeps seed 0's rows without training them again
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming" in p.stdout and "2 jobs done, 2 to run" in p.stdout
+    doc2 = json.loads(out.read_text())
+    assert doc2["config"]["seeds"] == [0, 1]
+    assert {k: doc2["job_seconds"][k] for k in first} == first
+    assert [r for r in doc2["rows"] if r["seed"] == 0] == [r for r in doc["rows"] if r["seed"] == 0]
+    assert {r["seed"] for r in doc2["rows"]} == {0, 1}
