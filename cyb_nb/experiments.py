@@ -29,12 +29,13 @@ from .train import TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model
 # %% auto #0
 __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'STARTS',
            'PRESETS', 'RUN_SET_FIELDS', 'PATTERNS', 'FIG6_COLUMNS', 'PATTERN_COLUMNS', 'CLAIM_COLUMNS', 'SWEEP_COLUMNS',
-           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'Setting', 'ExperimentConfig', 'lr_of', 'parse_regime',
-           'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
-           'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
-           'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
-           'regime_sweep_rows', 'regime_seed_rows', 'parts_rows', 'plot_parts', 'plot_long_curves', 'pattern_checks',
-           'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots']
+           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'GAIN_RECIPES', 'PAPER_PARAMS', 'Setting', 'ExperimentConfig',
+           'lr_of', 'parse_regime', 'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base',
+           'budget_rows', 'val_token_stats', 'summarise_run', 'run_one', 'readout_parts', 'experiment_specs',
+           'same_training', 'run_experiment', 'spread', 'runs_of', 'fig6_rows', 'claims', 'sweep_rows',
+           'difficulty_rows', 'calibration_rows', 'markdown_table', 'regime_sweep_rows', 'regime_seed_rows',
+           'parts_rows', 'plot_parts', 'plot_long_curves', 'pattern_checks', 'plot_data_efficiency', 'plot_sweep',
+           'plot_difficulty', 'token_table_rows', 'report', 'save_plots', 'paper_gain', 'gain_rows']
 
 # %% ../nbs/10_experiments.ipynb #da1fe49f
 @dataclass
@@ -860,3 +861,41 @@ def save_plots(doc: dict, folder) -> list:
         plt.close(fig)
         out.append(folder / f"{name}.png")
     return out
+
+# %% ../nbs/10_experiments.ipynb #7a1c0002
+GAIN_RECIPES = {"tbys": "TBYS-3", "ap": "CYB-AP"}  # recipes compared with continued CE in benchmarks/gain_scaling.json
+PAPER_PARAMS = 2.5e9  # Gemma-1 2B with its embeddings (Gemma report: 0.52 B embedding + 1.98 B non-embedding parameters)
+
+
+def paper_gain(recipe: str = "ap", regime: str = "1x1") -> float:
+    "The paper's change of perplexity against the fine-tuned CE baseline, in percent (Fig. 6 numbers in `SETTINGS`; 'tbys' is TBYS-3)."
+    key = {"ap": "ap", "tbys": "tbys3"}.get(recipe)
+    if key is None:
+        raise ValueError(f"recipe must be one of {sorted(GAIN_RECIPES)}, got {recipe!r}")
+    return 100 * (SETTINGS[key].paper_ppl[regime] / SETTINGS["ce"].paper_ppl[regime] - 1)
+
+
+def gain_rows(doc: dict) -> list:
+    "Per corpus, base size, fine-tuning epochs and recipe: the change of val perplexity against continued CE in each seed (%), its mean ± sd."
+    groups = {}
+    for r in doc.get("runs", {}).values():
+        groups.setdefault((r["corpus"], r["size"], float(r["epochs"])), {}).setdefault(r["loss"], {})[r["seed"]] = r
+    rows = []
+    from .train import MODEL_SIZES
+    order = lambda key: (key[0], list(MODEL_SIZES).index(key[1]) if key[1] in MODEL_SIZES else len(MODEL_SIZES), key[1], key[2])
+    for (corpus, size, epochs), by_loss in sorted(groups.items(), key=lambda kv: order(kv[0])):
+        ce = by_loss.get("ce", {})
+        for loss, label in GAIN_RECIPES.items():
+            seeds = sorted(set(ce) & set(by_loss.get(loss, {})))
+            if not seeds:
+                continue
+            changes = [100 * (by_loss[loss][s]["ppl"] / ce[s]["ppl"] - 1) for s in seeds]
+            sp = spread(changes)
+            base = doc.get("bases", {}).get(f"{corpus}/{size}", {})
+            rows.append({"corpus": corpus, "size": size, "params": base.get("params", ce[seeds[0]].get("base_params")),
+                         "epochs": epochs, "recipe": loss, "label": label, "seeds": seeds, "n": len(seeds), "changes": changes,
+                         "mean": sp["mean"], "sd": sp["std"], "ce_ppl": spread([ce[s]["ppl"] for s in seeds])["mean"],
+                         "ppl": spread([by_loss[loss][s]["ppl"] for s in seeds])["mean"], "base_ppl": base.get("val_ppl"),
+                         "wins": sum(c < 0 for c in changes)})
+    return rows
+
