@@ -10,6 +10,9 @@ Corpora: `text` (the bundled Python docs) and `stdlib` (the Python standard libr
 `cyb_nb.data.build_stdlib_corpus`; it depends on the Python version, which the JSON records with the corpus hash).
 
 The JSON (default benchmarks/gain_scaling.json) is rewritten after every run; a rerun skips the runs it already holds.
+Several workers can fill one document: start the same command again (e.g. twice on two cores) and each takes the first job,
+in priority order, that is neither done nor held by a live worker (a job's claim is released when its run is written, and a
+dead worker's claim is taken over); one worker pretrains a missing base while the others wait for it or work elsewhere.
 Phases, in the order they run (`--phases`, default abcd):
 
     a  text, small (4x128) base, 2 epochs, seed 0          (~17 CPU-min with pretraining, ~11 without)
@@ -26,6 +29,7 @@ Phases, in the order they run (`--phases`, default abcd):
 """
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -42,7 +46,7 @@ import torch
 from cyb_nb.cli import DEMO_FULL, DEMO_LOSSES, DEMO_RECIPES, budget_config
 from cyb_nb.data import asset_path, build_stdlib_corpus, regime_splits
 from cyb_nb.experiments import gain_rows
-from cyb_nb.train import MODEL_SIZES, BaseConfig, FinetuneConfig, evaluate, finetune, pretrained_base
+from cyb_nb.train import MODEL_SIZES, BaseConfig, FinetuneConfig, base_cache_dir, base_key, evaluate, finetune, pretrained_base
 
 FORMAT = 1
 PHASES = {  # phase -> cells (corpus, size, epochs, seeds), most important first
@@ -75,11 +79,47 @@ def sha256_of(path) -> str:
 
 
 def write_json(path: Path, doc: dict):
-    "Write `doc` atomically (a reader never sees half a file), with the summary recomputed."
+    "Write `doc` atomically (a reader never sees half a file), with the summary and the total seconds recomputed from the runs."
     doc["summary"] = gain_rows(doc)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    doc["seconds"] = sum(r["wall_s"] + r["eval_s"] for r in doc["runs"].values())
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)
+
+
+def update(path: Path, change) -> tuple:
+    "Read the document, apply `change(doc) -> result` and write it back, all under an exclusive lock: workers share one file."
+    with open(path.with_suffix(path.suffix + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            doc = json.loads(path.read_text())
+            result = change(doc)
+            write_json(path, doc)
+            return doc, result
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def alive(claim: dict) -> bool:
+    "Whether the worker that made `claim` is still running (same machine, live pid)."
+    if claim.get("host") != platform.node():
+        return True  # another machine's worker: trust it
+    try:
+        os.kill(claim["pid"], 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def claim(key: str):
+    "A `change` for `update`: take the job `key` unless it is done or another live worker holds it; True when taken."
+    def change(doc):
+        held = doc["claims"].get(key)
+        if key in doc["runs"] or (held and held["pid"] != os.getpid() and alive(held)):
+            return False
+        doc["claims"][key] = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%H:%M:%S")}
+        return True
+    return change
 
 
 class Corpora:
@@ -119,6 +159,12 @@ def run_key(corpus: str, size: str, epochs: float, seed: int, loss: str) -> str:
     return f"{corpus}/{size}/{epochs:g}ep/s{seed}/{loss}"
 
 
+def cached_base(cfg: BaseConfig, pre, cache_dir) -> bool:
+    "Whether `pretrained_base(cfg, pre, cache_dir)` would load the base (shipped or cached) rather than pretrain it."
+    name = f"base-{base_key(cfg, pre)}.pt"
+    return any((d / name).is_file() for d in (asset_path(), base_cache_dir(cache_dir)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phases", default="abcd", help=f"phases to run, in this order (default abcd; known: {''.join(PHASES)})")
@@ -142,57 +188,87 @@ def main(argv=None):
     out = Path(a.out)
     settings = {"quick": a.quick, "pretrain_steps": a.pretrain_steps, "finetune": dataclasses.asdict(DEMO_FULL["finetune"]),
                 "recipes": {name: label for label, name in DEMO_RECIPES}}
-    doc = json.loads(out.read_text()) if out.exists() and not a.fresh else {}
-    if doc and (doc.get("format") != FORMAT or doc.get("settings") != settings):
-        ap.error(f"{out} holds runs of other settings ({doc.get('settings')}); use another --out or --fresh")
-    doc = doc or {"format": FORMAT, "settings": settings, "corpora": {}, "bases": {}, "runs": {}, "seconds": 0.0, "sessions": []}
-    doc["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv[1:] if argv is None else list(argv),
-                            "machine": machine()})
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "pid": os.getpid(),
+               "argv": sys.argv[1:] if argv is None else list(argv), "machine": machine()}
+    with open(out.with_suffix(out.suffix + ".lock"), "a") as lock:  # create or check the document, once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(out.read_text()) if out.exists() and not a.fresh else {}
+        if doc and (doc.get("format") != FORMAT or doc.get("settings") != settings):
+            ap.error(f"{out} holds runs of other settings ({doc.get('settings')}); use another --out or --fresh")
+        doc = doc or {"format": FORMAT, "settings": settings, "corpora": {}, "bases": {}, "runs": {}, "sessions": []}
+        doc.setdefault("claims", {})
+        doc["sessions"].append(session)
+        write_json(out, doc)
+        fcntl.flock(lock, fcntl.LOCK_UN)
     corpora = Corpora(a.quick, corpus_dir, base_config("tiny", a.quick, None).seq_len)
-    t_session = time.perf_counter()
+    # the jobs in priority order: each cell's base, then its runs seed by seed
+    jobs = []
     for phase in a.phases:
         for corpus, size, epochs, seeds in phases.get(phase, []):
-            todo = [(s, n) for s in seeds for _, n in DEMO_RECIPES if run_key(corpus, size, epochs, s, n) not in doc["runs"]]
-            if not todo:
-                print(f"[{phase}] {corpus}/{size}/{epochs:g}ep seeds {seeds}: done already", flush=True)
+            jobs += [(phase, corpus, size, epochs, seed, name) for seed in seeds for _, name in DEMO_RECIPES]
+    t_session = time.perf_counter()
+    ran = 0
+    while True:  # take the first job that is neither done nor held by another worker; start over after each one
+        busy = False
+        for phase, corpus, size, epochs, seed, name in jobs:
+            key = run_key(corpus, size, epochs, seed, name)
+            doc = json.loads(out.read_text())
+            if key in doc["runs"]:
                 continue
             pre, data = corpora.get(corpus)
-            doc["corpora"][corpus] = corpora.info[corpus]
             cfg = base_config(size, a.quick, a.pretrain_steps)
-            t0 = time.perf_counter()
+            bkey = f"base:{corpus}/{size}/{base_key(cfg, pre)}"
+            if not cached_base(cfg, pre, cache_dir):  # pretrain it (one worker only), or wait for the worker that does
+                if not update(out, claim(bkey))[1]:
+                    busy = True
+                    continue
+                print(f"[{phase}] {corpus}/{size}: pretraining its base ({cfg.steps} steps)", flush=True)
+                pretrained_base(cfg, data=pre, cache_dir=cache_dir, progress=False)
+                update(out, lambda d: d["claims"].pop(bkey, None))
+                break
+            if not update(out, claim(key))[1]:
+                busy = True
+                continue
             base = pretrained_base(cfg, data=pre, cache_dir=cache_dir, progress=False)
-            got = time.perf_counter() - t0
             info = base.base_info
-            doc["bases"][f"{corpus}/{size}"] = {
-                "params": sum(p.numel() for p in base.parameters()), "d_model": cfg.d_model, "n_layers": cfg.n_layers,
-                "n_heads": cfg.n_heads, "pretrain_steps": cfg.steps, "batch_size": cfg.batch_size,
-                "pretrain_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
-                "pretrain_epochs": cfg.steps * cfg.batch_size / pre.train.shape[0], "val_nll": info["val_nll"],
-                "val_ppl": info["val_ppl"], "pretrain_seconds": info["seconds"], "key": info["key"],
-                "seconds_to_load_or_pretrain": got}
-            print(f"[{phase}] {corpus}/{size}: base {info['key']} val ppl {info['val_ppl']:.2f}, "
-                  f"{doc['bases'][f'{corpus}/{size}']['params']:,} params ({got:.0f} s to get it)", flush=True)
+            binfo = {"params": sum(p.numel() for p in base.parameters()), "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+                     "n_heads": cfg.n_heads, "pretrain_steps": cfg.steps, "batch_size": cfg.batch_size,
+                     "pretrain_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+                     "pretrain_epochs": cfg.steps * cfg.batch_size / pre.train.shape[0], "val_nll": info["val_nll"],
+                     "val_ppl": info["val_ppl"], "pretrain_seconds": info["seconds"], "key": info["key"]}
             ft = budget_config(DEMO_FULL["finetune"] if not a.quick else FinetuneConfig(batch_size=4, warmup=2),
                                data.train.shape[0], epochs=epochs)
-            for seed, name in todo:
-                loss = DEMO_LOSSES[name]
-                t0 = time.perf_counter()
-                model, _ = finetune(base, data, loss, ft, seed=seed, eval_every=ft.steps, eval_batches=1, progress=False)
-                wall = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                ev = evaluate(model, data, loss, batch_size=64)
-                key = run_key(corpus, size, epochs, seed, name)
-                doc["runs"][key] = {"corpus": corpus, "size": size, "epochs": epochs, "seed": seed, "loss": name,
-                                    "steps": ft.steps, "batch_size": ft.batch_size, "warmup": ft.warmup, "lr": ft.lr_for(loss),
-                                    "n_rows": data.train.shape[0], "ppl": ev["ppl"], "nll": ev["nll"], "bits": ev["bits"],
-                                    "mean_pauses": ev["mean_pauses"], "params": sum(p.numel() for p in model.parameters()),
-                                    "base_params": doc["bases"][f"{corpus}/{size}"]["params"], "wall_s": wall,
-                                    "eval_s": time.perf_counter() - t0, "base_key": info["key"]}
-                doc["seconds"] = doc.get("seconds", 0.0) + wall + doc["runs"][key]["eval_s"]
-                write_json(out, doc)
-                print(f"[{phase}] {key}: ppl {ev['ppl']:.3f}, {ft.steps} steps, {wall:.0f} s", flush=True)
-    doc["sessions"][-1]["seconds"] = time.perf_counter() - t_session
-    write_json(out, doc)
+            loss = DEMO_LOSSES[name]
+            t0 = time.perf_counter()
+            model, _ = finetune(base, data, loss, ft, seed=seed, eval_every=ft.steps, eval_batches=1, progress=False)
+            wall = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ev = evaluate(model, data, loss, batch_size=64)
+            run = {"corpus": corpus, "size": size, "epochs": epochs, "seed": seed, "loss": name, "steps": ft.steps,
+                   "batch_size": ft.batch_size, "warmup": ft.warmup, "lr": ft.lr_for(loss), "n_rows": data.train.shape[0],
+                   "ppl": ev["ppl"], "nll": ev["nll"], "bits": ev["bits"], "mean_pauses": ev["mean_pauses"],
+                   "params": sum(p.numel() for p in model.parameters()), "base_params": binfo["params"], "wall_s": wall,
+                   "eval_s": time.perf_counter() - t0, "base_key": info["key"], "pid": os.getpid()}
+
+            def record(d):
+                d["runs"][key] = run
+                d["bases"][f"{corpus}/{size}"] = binfo
+                d["corpora"][corpus] = corpora.info[corpus]
+                d["claims"].pop(key, None)
+            update(out, record)
+            ran += 1
+            print(f"[{phase}] {key}: ppl {ev['ppl']:.3f}, {ft.steps} steps, {wall:.0f} s", flush=True)
+            break
+        else:
+            if not busy:
+                break
+            time.sleep(1 if a.quick else 20)  # every job left is held by another worker: wait for it
+
+    def close(d):
+        for s in d["sessions"]:
+            if s.get("pid") == os.getpid() and s["started"] == session["started"]:
+                s["seconds"], s["runs"] = time.perf_counter() - t_session, ran
+    doc, _ = update(out, close)
     for r in doc["summary"]:
         print(f"{r['corpus']:>7} {r['size']:>6} {r['epochs']:>4g} ep {r['label']:>7}: {r['mean']:+.2f} % ± {r['sd']:.2f} "
               f"(n={r['n']}: {', '.join(f'{c:+.2f}' for c in r['changes'])})")

@@ -680,6 +680,7 @@ STDLIB_SKIP = ("site-packages", "dist-packages", "test", "tests", "idle_test", "
 def build_stdlib_corpus(out, max_bytes: int = 660_000, src=None) -> dict:
     "Write `out/stdlib.jsonl` (one `{'id', 'text'}` line per `.py` file of the standard library, hash-ordered, at most `max_bytes`); return what was built."
     import hashlib
+    import os
     import platform
     import sysconfig
     if not _is_int(max_bytes) or max_bytes < 1:
@@ -706,7 +707,9 @@ def build_stdlib_corpus(out, max_bytes: int = 660_000, src=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     blob = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
-    (out / "stdlib.jsonl").write_bytes(blob)
+    tmp = out / f".stdlib.jsonl.{os.getpid()}.tmp"  # atomic: a reader (or a second builder) never sees half a file
+    tmp.write_bytes(blob)
+    os.replace(tmp, out / "stdlib.jsonl")
     return {"path": str(out / "stdlib.jsonl"), "python": platform.python_version(), "src": str(src), "files": len(docs),
             "bytes": total, "max_bytes": max_bytes, "sha256": hashlib.sha256(blob).hexdigest()}
 
