@@ -165,6 +165,18 @@ def cached_base(cfg: BaseConfig, pre, cache_dir) -> bool:
     return any((d / name).is_file() for d in (asset_path(), base_cache_dir(cache_dir)))
 
 
+def describe_base(cfg: BaseConfig, pre, base) -> dict:
+    "What the JSON says about a base: size, pretraining budget, its val ppl, and its ppl on as many rows of its own pretraining half."
+    info = base.base_info
+    own = dataclasses.replace(pre, val=pre.train[: pre.val.shape[0]])  # memorised or not: the rows it was trained on
+    return {"params": sum(p.numel() for p in base.parameters()), "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads, "pretrain_steps": cfg.steps, "batch_size": cfg.batch_size,
+            "pretrain_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+            "pretrain_epochs": cfg.steps * cfg.batch_size / pre.train.shape[0], "val_nll": info["val_nll"],
+            "val_ppl": info["val_ppl"], "train_ppl": evaluate(base, own, "ce", batch_size=64)["ppl"],
+            "pretrain_seconds": info["seconds"], "key": info["key"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phases", default="abcd", help=f"phases to run, in this order (default abcd; known: {''.join(PHASES)})")
@@ -175,6 +187,7 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None, help="where bases are cached (default: the user cache; --quick: a temp folder)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fresh", action="store_true", help="discard the runs in --out")
+    ap.add_argument("--bases-only", action="store_true", help="train nothing: (re)describe the cached bases of the cells in --phases")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     phases = QUICK_PHASES if a.quick else PHASES
@@ -208,7 +221,16 @@ def main(argv=None):
             jobs += [(phase, corpus, size, epochs, seed, name) for seed in seeds for _, name in DEMO_RECIPES]
     t_session = time.perf_counter()
     ran = 0
-    while True:  # take the first job that is neither done nor held by another worker; start over after each one
+    if a.bases_only:
+        for corpus, size in dict.fromkeys((j[1], j[2]) for j in jobs):
+            pre, _ = corpora.get(corpus)
+            cfg = base_config(size, a.quick, a.pretrain_steps)
+            if cached_base(cfg, pre, cache_dir):
+                binfo = describe_base(cfg, pre, pretrained_base(cfg, data=pre, cache_dir=cache_dir, progress=False))
+                update(out, lambda d: (d["bases"].__setitem__(f"{corpus}/{size}", binfo), d["corpora"].__setitem__(corpus, corpora.info[corpus])))
+                print(f"{corpus}/{size}: val ppl {binfo['val_ppl']:.2f}, ppl on its own pretraining rows {binfo['train_ppl']:.2f}")
+        jobs = []
+    while jobs:  # take the first job that is neither done nor held by another worker; start over after each one
         busy = False
         for phase, corpus, size, epochs, seed, name in jobs:
             key = run_key(corpus, size, epochs, seed, name)
@@ -231,11 +253,7 @@ def main(argv=None):
                 continue
             base = pretrained_base(cfg, data=pre, cache_dir=cache_dir, progress=False)
             info = base.base_info
-            binfo = {"params": sum(p.numel() for p in base.parameters()), "d_model": cfg.d_model, "n_layers": cfg.n_layers,
-                     "n_heads": cfg.n_heads, "pretrain_steps": cfg.steps, "batch_size": cfg.batch_size,
-                     "pretrain_tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
-                     "pretrain_epochs": cfg.steps * cfg.batch_size / pre.train.shape[0], "val_nll": info["val_nll"],
-                     "val_ppl": info["val_ppl"], "pretrain_seconds": info["seconds"], "key": info["key"]}
+            binfo = describe_base(cfg, pre, base)
             ft = budget_config(DEMO_FULL["finetune"] if not a.quick else FinetuneConfig(batch_size=4, warmup=2),
                                data.train.shape[0], epochs=epochs)
             loss = DEMO_LOSSES[name]

@@ -24,7 +24,7 @@ from .decode import (calibration, expected_latency_histogram, latency_histogram,
 from .losses import LossConfig, head_log_probs
 from .models import forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
-from .train import TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
+from .train import MODEL_SIZES, TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
 
 # %% auto #0
 __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'STARTS',
@@ -882,7 +882,6 @@ def gain_rows(doc: dict) -> list:
     for r in doc.get("runs", {}).values():
         groups.setdefault((r["corpus"], r["size"], float(r["epochs"])), {}).setdefault(r["loss"], {})[r["seed"]] = r
     rows = []
-    from .train import MODEL_SIZES
     order = lambda key: (("text", "stdlib").index(key[0]) if key[0] in ("text", "stdlib") else 2, key[0], list(MODEL_SIZES).index(key[1]) if key[1] in MODEL_SIZES else len(MODEL_SIZES), key[1], key[2])
     for (corpus, size, epochs), by_loss in sorted(groups.items(), key=lambda kv: order(kv[0])):
         ce = by_loss.get("ce", {})

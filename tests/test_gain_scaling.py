@@ -19,7 +19,8 @@ def gs():
 
 def test_quick_run_writes_every_cell_and_resumes(gs, tmp_path):
     out = tmp_path / "gs.json"
-    doc = gs.main(["--quick", "--out", str(out), "--phases", "abd"])
+    common = ["--quick", "--out", str(out), "--phases", "abd", "--cache-dir", str(tmp_path / "bases")]
+    doc = gs.main(common)
     on_disk = json.loads(out.read_text())
     cells = [(c, s, e, seed) for p in "abd" for c, s, e, seeds in gs.QUICK_PHASES[p] for seed in seeds]
     assert len(on_disk["runs"]) == 3 * len(cells)  # CE, TBYS-3 and CYB-AP per cell and seed
@@ -31,7 +32,7 @@ def test_quick_run_writes_every_cell_and_resumes(gs, tmp_path):
             assert r["steps"] == math.ceil(epochs * r["n_rows"] / r["batch_size"])  # the budget is in epochs of the fine-tuning half
     # each base's own val ppl and pretraining budget, and the corpus' provenance
     for key, b in on_disk["bases"].items():
-        assert b["val_ppl"] > 1 and b["pretrain_steps"] == gs.QUICK_BASE.steps and b["pretrain_epochs"] > 0, key
+        assert b["val_ppl"] > 1 and b["train_ppl"] > 1 and b["pretrain_steps"] == gs.QUICK_BASE.steps and b["pretrain_epochs"] > 0, key
     assert on_disk["bases"]["text/small"]["params"] > on_disk["bases"]["text/tiny"]["params"]
     std = on_disk["corpora"]["stdlib"]
     assert len(std["sha256"]) == 64 and std["python"] and 0 < std["bytes"] <= gs.QUICK_STDLIB_BYTES
@@ -46,8 +47,14 @@ def test_quick_run_writes_every_cell_and_resumes(gs, tmp_path):
     assert small_ap["sd"] > 0 and rows[("stdlib", "tiny", 1.0, "tbys")]["n"] == 1
     assert doc["summary"] == on_disk["summary"]
     # a rerun trains nothing and keeps every number
-    again = gs.main(["--quick", "--out", str(out), "--phases", "abd"])
+    again = gs.main(common)
     assert again["runs"] == on_disk["runs"] and len(again["sessions"]) == 2 and again["sessions"][-1]["runs"] == 0
+    stripped = json.loads(out.read_text())
+    for b in stripped["bases"].values():
+        del b["train_ppl"]
+    out.write_text(json.dumps(stripped))
+    described = gs.main(common + ["--bases-only"])  # no training: the cached bases described again
+    assert described["bases"] == on_disk["bases"] and described["runs"] == on_disk["runs"]
 
 
 def test_refuses_other_settings_and_unknown_phases(gs, tmp_path):
