@@ -305,14 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{demo,pretrain,train,eval}")
     sub.required = True
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
-                                    "fine-tuned from it for two epochs (about 4 min on one CPU core; --size small about 20)")
+                                    "fine-tuned from it for two epochs (about 3 min on two CPU cores; --size small about 15)")
     d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots, replaced on a rerun (default: cyb_demo)")
     budget = d.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per recipe (default: --epochs 2; quick: 20)")
     budget.add_argument("--epochs", type=_positive_float, default=None,
                         help=f"fine-tuning epochs of the fine-tuning half per recipe (default: {DEMO_EPOCHS:g}, which CYB-AP's gain needs)")
     d.add_argument("--size", choices=DEMO_SIZES, default="tiny",
-                   help="the base: tiny (2x64, shipped, ~4 min) or small (4x128: pretrained once, ~6 min, and cached; ~20 min in all)")
+                   help="the base: tiny (2x64, shipped; ~3 min) or small (4x128, 919k parameters: pretrained once in ~6 min and cached; "
+                        "~15 min the first time, ~9 after)")
     d.add_argument("--quick", action="store_true", help="a few-seconds version with a tiny base")
     d.add_argument("--regime", choices=REGIMES, default="finetune",
                    help="finetune (default, the paper's): from one pretrained base; scratch: each recipe from random weights")
