@@ -913,20 +913,22 @@ def _gain_style(recipe: str) -> dict:
     return {"ap": dict(color="C2", marker="o"), "tbys": dict(color="C1", marker="s")}[recipe]
 
 
-def plot_gain_vs_size(doc: dict, epochs: float = 2.0, ax=None):
+def plot_gain_vs_size(doc: dict, epochs: float = 2.0, ax=None, recipes=("ap",)):
     "Change of val ppl against continued CE (mean ± sd over seeds) against the base's parameters (log axis), with the paper's 2B point."
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     rows = [r for r in gain_rows(doc) if r["epochs"] == epochs and r["params"]]
     for (corpus, ls) in (("text", "-"), ("stdlib", "--")):
-        for recipe, label in GAIN_RECIPES.items():
+        for recipe in recipes:
+            label = GAIN_RECIPES[recipe]
             rs = sorted((r for r in rows if r["corpus"] == corpus and r["recipe"] == recipe), key=lambda r: r["params"])
             if not rs:
                 continue
             ax.errorbar([r["params"] for r in rs], [r["mean"] for r in rs], yerr=[r["sd"] for r in rs], ls=ls, capsize=3,
                         label=f"{label}, {corpus} (seeds: {'/'.join(str(r['n']) for r in rs)})", **_gain_style(recipe))
-    for recipe, label in GAIN_RECIPES.items():
+    for recipe in recipes:
+        label = GAIN_RECIPES[recipe]
         ax.plot([PAPER_PARAMS], [paper_gain(recipe)], ls="none", ms=13, markeredgecolor="k",
                 label=f"paper, {label}: Gemma-1 2B, 1 epoch of C4", **{**_gain_style(recipe), "marker": "*"})
     ax.axhline(0, color="grey", lw=0.8)
@@ -938,14 +940,15 @@ def plot_gain_vs_size(doc: dict, epochs: float = 2.0, ax=None):
     return ax
 
 
-def plot_gain_vs_epochs(doc: dict, axes=None):
+def plot_gain_vs_epochs(doc: dict, axes=None, recipes=("ap",)):
     "Change of val ppl against continued CE against fine-tuning epochs (log axis), one panel per corpus, one line per base size and recipe."
     rows = gain_rows(doc)
     corpora = [c for c in ("text", "stdlib") if any(r["corpus"] == c for r in rows)] or ["text"]
     axes = _two_axes(axes, (11, 4))
     for ax, corpus in zip(axes, corpora):
         for size, ls in (("tiny", "-"), ("small", "--"), ("base", ":")):
-            for recipe, label in GAIN_RECIPES.items():
+            for recipe in recipes:
+                label = GAIN_RECIPES[recipe]
                 rs = sorted((r for r in rows if r["corpus"] == corpus and r["size"] == size and r["recipe"] == recipe),
                             key=lambda r: r["epochs"])
                 if rs:
@@ -953,6 +956,8 @@ def plot_gain_vs_epochs(doc: dict, axes=None):
                                 label=f"{label}, {size} (seeds: {'/'.join(str(r['n']) for r in rs)})", **_gain_style(recipe))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["epochs"] for r in rows if r["corpus"] == corpus})
+        ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
         ax.set_xlabel("fine-tuning epochs of the fine-tuning half (log scale)")
         ax.set_ylabel("val ppl vs continued CE (%)")
         ax.set_title(f"{corpus}: gain against fine-tuning budget")
