@@ -27,8 +27,9 @@ from .train import (MODEL_SIZES, BaseConfig, FinetuneConfig, TrainingInterrupted
 
 
 # %% auto #0
-__all__ = ['LOSSES', 'DEMO_RECIPES', 'DEMO_LOSSES', 'DEMO_FULL', 'DEMO_QUICK', 'REGIMES', 'DEMO_FILES', 'MAX_PAUSES',
-           'task_names', 'load_task', 'regime_data', 'format_table', 'run_demo', 'build_parser', 'main']
+__all__ = ['LOSSES', 'DEMO_RECIPES', 'DEMO_LOSSES', 'DEMO_FULL', 'DEMO_QUICK', 'REGIMES', 'DEMO_SIZES', 'DEMO_EPOCHS',
+           'DEMO_FILES', 'MAX_PAUSES', 'task_names', 'load_task', 'regime_data', 'epoch_steps', 'budget_config',
+           'demo_base_config', 'format_table', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #84466048
 LOSSES = ("ap", "va", "dp", "tbys", "ce")
@@ -69,6 +70,32 @@ DEMO_FULL = dict(base=BaseConfig(), finetune=FinetuneConfig(), eval_every=250)  
 DEMO_QUICK = dict(base=BaseConfig(d_model=32, n_layers=2, n_heads=4, seq_len=32, steps=60, batch_size=8, warmup=6),
                   finetune=FinetuneConfig(steps=20, batch_size=4, warmup=2), eval_every=10)
 REGIMES = ("finetune", "scratch")
+DEMO_SIZES = ("tiny", "small")  # bases `cyb-nb demo --size` accepts: tiny ships with the package, small is pretrained once and cached
+DEMO_EPOCHS = 2.0  # default fine-tuning budget: two epochs of the fine-tuning half (CYB-AP's gain needs about two; chapter 10)
+
+
+def epoch_steps(n_rows: int, epochs: float, batch_size: int) -> int:
+    "Optimizer steps for `epochs` passes over `n_rows` training rows at `batch_size` rows per step (rounded up, at least 1)."
+    if not (isinstance(n_rows, int) and n_rows >= 1) or not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"n_rows and batch_size must be positive ints, got {n_rows!r} and {batch_size!r}")
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+    return max(1, math.ceil(epochs * n_rows / batch_size - 1e-9))
+
+
+def budget_config(config: FinetuneConfig, n_rows: int, steps: int | None = None, epochs: float | None = None) -> FinetuneConfig:
+    "`config` with its steps set from `steps`, or from `epochs` of `n_rows` rows (default `DEMO_EPOCHS`), and warmup at most a tenth of them."
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    steps = steps if steps is not None else epoch_steps(n_rows, DEMO_EPOCHS if epochs is None else epochs, config.batch_size)
+    return dataclasses.replace(config, steps=steps, warmup=min(config.warmup, max(1, steps // 10)))
+
+
+def demo_base_config(size: str = "tiny") -> BaseConfig:
+    "The `BaseConfig` of the demo's base of `size` ('tiny': the shipped 2x64, 'small': 4x128, pretrained and cached on first use)."
+    if size not in DEMO_SIZES:
+        raise ValueError(f"size must be one of {DEMO_SIZES}, got {size!r}")
+    return dataclasses.replace(DEMO_FULL["base"], **MODEL_SIZES[size])
 DEMO_FILES = ("results.json", "curves.png", "pauses.png") + tuple(f"history_{name}.jsonl" for _, name in DEMO_RECIPES)
 
 
@@ -92,8 +119,9 @@ def _result(label: str, loss: str, model, ev: dict, wall: float, steps: int, n_p
 
 
 def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed: int = 0, device=None, progress: bool = True,
-             task: str = "text", regime: str = "finetune", corpus=None, tokenizer=None, base=None) -> list:
-    "The paper's comparison in miniature: one pretrained base (or yours, `base`), then CE continued, TBYS-3 and CYB-AP fine-tuned from it."
+             task: str = "text", regime: str = "finetune", corpus=None, tokenizer=None, base=None, size: str = "tiny",
+             epochs: float | None = None) -> list:
+    "The paper's comparison in miniature: one pretrained base (or yours, `base`), then CE continued, TBYS-3 and CYB-AP fine-tuned from it for `epochs` (default 2) or `steps`."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,10 +129,10 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     if base is not None and regime != "finetune":
         raise ValueError("base applies to the 'finetune' regime only (from scratch there is no base)")
+    if size != "tiny" and (quick or base is not None):
+        raise ValueError(f"size={size!r} picks the demo's own base; it does not combine with quick or base")
     conf = DEMO_QUICK if quick else DEMO_FULL
-    base_cfg, ft = conf["base"], conf["finetune"]
-    if steps is not None:
-        ft = dataclasses.replace(ft, steps=steps, warmup=min(ft.warmup, max(1, steps // 10)))
+    base_cfg, ft = (conf["base"] if quick else demo_base_config(size)), conf["finetune"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -113,6 +141,15 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
         base, base_tok = load_base_model(base)
         tokenizer = tokenizer if tokenizer is not None or base_tok is None else base_tok.name_or_path
     pre, data = regime_data(task, base_cfg.seq_len, corpus, tokenizer, seed)
+    n_rows = data.train.shape[0]
+    if quick and steps is None and epochs is None:
+        steps = ft.steps  # the quick demo keeps its few steps
+    ft = budget_config(ft, n_rows, steps, epochs)
+    ep = ft.steps * ft.batch_size / n_rows
+    print(f"fine-tuning: {ft.steps} steps of {ft.batch_size} rows = {ep:.2f} epochs of the fine-tuning half ({n_rows} rows) per recipe")
+    if ep < 1 and not quick:
+        print(f"warning: {ep:.2f} epochs of fine-tuning is under one; CYB-AP's gain over continued CE needs about two "
+              f"(--epochs 2, the default)", file=sys.stderr)
     results, histories, cyb_pauses = [], {}, None
     if regime == "finetune":
         t0 = time.perf_counter()
@@ -143,10 +180,11 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
         histories[label] = h
     total = time.perf_counter() - t_start
     print(format_table(results))
-    print(f"regime: {regime}; {ft.steps} steps of {ft.batch_size} rows x {base_cfg.seq_len} real tokens per recipe; "
+    print(f"regime: {regime}; {ft.steps} steps ({ep:.2f} epochs) of {ft.batch_size} rows x {base_cfg.seq_len} real tokens per recipe; "
           f"total wall time {total:.0f} s")
     (out / "results.json").write_text(json.dumps({"config": {"base": dataclasses.asdict(base_cfg), "finetune": dataclasses.asdict(ft),
                                                              "task": task, "seed": seed, "regime": regime,
+                                                             "size": size, "epochs": ep,
                                                              "corpus": None if corpus is None else str(corpus)},
                                                   "results": results, "wall_s": total,
                                                   "histories": {k: list(v) for k, v in histories.items()}}, indent=1))
@@ -267,10 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{demo,pretrain,train,eval,generate}")
     sub.required = True
     d = sub.add_parser("demo", help="the paper's setup in miniature: one pretrained base, then CE continued, TBYS-3 and CYB-AP "
-                                    "fine-tuned from it (about 3 min on one CPU core)")
+                                    "fine-tuned from it for two epochs (about 3 min on two CPU cores; --size small about 15)")
     d.add_argument("--out", default="cyb_demo", help="output folder for results.json and plots, replaced on a rerun (default: cyb_demo)")
-    d.add_argument("--steps", type=_positive_int, default=None,
-                   help=f"fine-tuning steps per recipe (default: {FinetuneConfig.steps} = two epochs of the fine-tuning half; quick: 20)")
+    budget = d.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps per recipe (default: --epochs 2; quick: 20)")
+    budget.add_argument("--epochs", type=_positive_float, default=None,
+                        help=f"fine-tuning epochs of the fine-tuning half per recipe (default: {DEMO_EPOCHS:g}, which CYB-AP's gain needs)")
+    d.add_argument("--size", choices=DEMO_SIZES, default="tiny",
+                   help="the base: tiny (2x64, shipped; ~3 min) or small (4x128, 919k parameters: pretrained once in ~6 min and cached; "
+                        "~15 min the first time, ~9 after)")
     d.add_argument("--quick", action="store_true", help="a few-seconds version with a tiny base")
     d.add_argument("--regime", choices=REGIMES, default="finetune",
                    help="finetune (default, the paper's): from one pretrained base; scratch: each recipe from random weights")
@@ -435,6 +478,8 @@ def main(argv: list | None = None) -> int:
             p.error(f"argument --task: unknown task {a.task!r} (choose from {', '.join(task_names())})")
         if a.base is not None and a.regime != "finetune":
             p.error("argument --base: a base applies to --regime finetune only")
+        if a.size != "tiny" and (a.quick or a.base is not None):
+            p.error(f"argument --size: --size {a.size} picks the demo's own base; drop --quick and --base")
         _, _, tokenizer = _load_base_arg(a, p)
         try:
             regime_data(a.task, (DEMO_QUICK if a.quick else DEMO_FULL)["base"].seq_len, a.corpus, tokenizer, a.seed)
@@ -446,7 +491,7 @@ def main(argv: list | None = None) -> int:
             p.error(f"argument --out: {err}")
         try:
             run_demo(a.out, steps=a.steps, quick=a.quick, seed=a.seed, device=a.device, progress=not a.no_progress, task=a.task,
-                     regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer, base=a.base)
+                     regime=a.regime, corpus=a.corpus, tokenizer=a.tokenizer, base=a.base, size=a.size, epochs=a.epochs)
         except TrainingInterrupted as stop:
             return _interrupted(stop, "The demo does not resume; run it again to start over.")
         except FloatingPointError as err:

@@ -21,11 +21,11 @@ from .stream import IGNORE_INDEX
 
 # %% auto #0
 __all__ = ['RANDOM', 'EASY', 'TASKS', 'CORPUS_SECTIONS', 'DOC_TOKEN', 'DOC_SEPARATORS', 'TEXT_SPLITS', 'CORPUS_SUFFIXES',
-           'DATA_NAMES', 'TaskData', 'check_seed', 'make_modsum', 'make_lookup', 'make_task', 'plot_difficulty',
-           'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer', 'asset_path',
-           'load_tokenizer', 'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks', 'token_stream', 'pack',
-           'load_text', 'read_text_file', 'read_corpus', 'text_rows', 'BatchSampler', 'DataBundle', 'load_data',
-           'regime_splits']
+           'DATA_NAMES', 'STDLIB_SKIP', 'TaskData', 'check_seed', 'make_modsum', 'make_lookup', 'make_task',
+           'plot_difficulty', 'mean_by_difficulty', 'rst_to_text', 'build_corpus', 'train_tokenizer', 'TextTokenizer',
+           'asset_path', 'load_tokenizer', 'load_corpus', 'blocks_of_split', 'corpus_split', 'encode_blocks',
+           'token_stream', 'pack', 'load_text', 'read_text_file', 'read_corpus', 'text_rows', 'BatchSampler',
+           'DataBundle', 'load_data', 'regime_splits', 'build_stdlib_corpus']
 
 # %% ../nbs/06_data.ipynb #c9217715
 RANDOM = -1  # label: the next token was freshly sampled, unpredictable by anyone
@@ -672,3 +672,44 @@ def regime_splits(name: str = "text", seq_len: int = 64, corpus=None, tokenizer=
     data = load_data(name, seq_len=seq_len, seed=seed, corpus=corpus, tokenizer=tokenizer, **task_kwargs)
     half = lambda x, i: None if x is None else x[i::2]
     return tuple(replace(data, train=data.train[i::2], difficulty_train=half(data.difficulty_train, i)) for i in (0, 1))
+
+# %% ../nbs/06_data.ipynb #5d1f0a02
+STDLIB_SKIP = ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__")  # folders build_stdlib_corpus leaves out
+
+
+def build_stdlib_corpus(out, max_bytes: int = 660_000, src=None) -> dict:
+    "Write `out/stdlib.jsonl` (one `{'id', 'text'}` line per `.py` file of the standard library, hash-ordered, at most `max_bytes`); return what was built."
+    import hashlib
+    import os
+    import platform
+    import sysconfig
+    if not _is_int(max_bytes) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    src = Path(sysconfig.get_paths()["stdlib"] if src is None else src)
+    if not src.is_dir():
+        raise ValueError(f"src must be a folder of Python source files, not found: {str(src)!r}")
+    rel = [f.relative_to(src) for f in src.rglob("*.py") if f.is_file()]
+    rel = sorted((r for r in rel if not set(r.parts[:-1]) & set(STDLIB_SKIP)),
+                 key=lambda r: hashlib.sha256(r.as_posix().encode()).hexdigest())
+    docs, total = [], 0
+    for r in rel:
+        try:
+            text = (src / r).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # a file that is not UTF-8 text is not part of the corpus
+        size = len(text.encode("utf-8"))
+        if not text.strip() or total + size > max_bytes:
+            continue
+        docs.append({"id": r.as_posix(), "text": text})
+        total += size
+    if not docs:
+        raise ValueError(f"no .py file of {str(src)!r} fits in max_bytes={max_bytes}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    blob = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
+    tmp = out / f".stdlib.jsonl.{os.getpid()}.tmp"  # atomic: a reader (or a second builder) never sees half a file
+    tmp.write_bytes(blob)
+    os.replace(tmp, out / "stdlib.jsonl")
+    return {"path": str(out / "stdlib.jsonl"), "python": platform.python_version(), "src": str(src), "files": len(docs),
+            "bytes": total, "max_bytes": max_bytes, "sha256": hashlib.sha256(blob).hexdigest()}
+

@@ -24,17 +24,19 @@ from .decode import (calibration, expected_latency_histogram, latency_histogram,
 from .losses import LossConfig, head_log_probs
 from .models import forward_steps, grow_pause_model
 from .stream import IGNORE_INDEX, PauseVocab
-from .train import TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
+from .train import MODEL_SIZES, TUNED_LR, BaseConfig, Splits, as_splits, evaluate, make_model, pause_vocab_of, pretrained_base, train
 
 # %% auto #0
 __all__ = ['GAMMA_099', 'SETTINGS', 'FIG6_SETTINGS', 'SWEEP_SETTINGS', 'DIFFICULTY_SETTINGS', 'PAPER_CALIBRATION', 'STARTS',
            'PRESETS', 'RUN_SET_FIELDS', 'PATTERNS', 'FIG6_COLUMNS', 'PATTERN_COLUMNS', 'CLAIM_COLUMNS', 'SWEEP_COLUMNS',
-           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'Setting', 'ExperimentConfig', 'lr_of', 'parse_regime',
-           'preset', 'RunSpec', 'budget_tag', 'experiment_data', 'experiment_base', 'budget_rows', 'val_token_stats',
-           'summarise_run', 'run_one', 'readout_parts', 'experiment_specs', 'same_training', 'run_experiment', 'spread',
-           'runs_of', 'fig6_rows', 'claims', 'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table',
-           'regime_sweep_rows', 'regime_seed_rows', 'parts_rows', 'plot_parts', 'plot_long_curves', 'pattern_checks',
-           'plot_data_efficiency', 'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots']
+           'DIFFICULTY_COLUMNS', 'CALIBRATION_COLUMNS', 'GAIN_RECIPES', 'PAPER_PARAMS', 'GAIN_COLUMNS', 'Setting',
+           'ExperimentConfig', 'lr_of', 'parse_regime', 'preset', 'RunSpec', 'budget_tag', 'experiment_data',
+           'experiment_base', 'budget_rows', 'val_token_stats', 'summarise_run', 'run_one', 'readout_parts',
+           'experiment_specs', 'same_training', 'run_experiment', 'spread', 'runs_of', 'fig6_rows', 'claims',
+           'sweep_rows', 'difficulty_rows', 'calibration_rows', 'markdown_table', 'regime_sweep_rows',
+           'regime_seed_rows', 'parts_rows', 'plot_parts', 'plot_long_curves', 'pattern_checks', 'plot_data_efficiency',
+           'plot_sweep', 'plot_difficulty', 'token_table_rows', 'report', 'save_plots', 'paper_gain', 'gain_rows',
+           'plot_gain_vs_size', 'plot_gain_vs_epochs']
 
 # %% ../nbs/10_experiments.ipynb #da1fe49f
 @dataclass
@@ -860,3 +862,107 @@ def save_plots(doc: dict, folder) -> list:
         plt.close(fig)
         out.append(folder / f"{name}.png")
     return out
+
+# %% ../nbs/10_experiments.ipynb #7a1c0002
+GAIN_RECIPES = {"tbys": "TBYS-3", "ap": "CYB-AP"}  # recipes compared with continued CE in benchmarks/gain_scaling.json
+PAPER_PARAMS = 2.5e9  # Gemma-1 2B with its embeddings (Gemma report: 0.52 B embedding + 1.98 B non-embedding parameters)
+
+
+def paper_gain(recipe: str = "ap", regime: str = "1x1") -> float:
+    "The paper's change of perplexity against the fine-tuned CE baseline, in percent (Fig. 6 numbers in `SETTINGS`; 'tbys' is TBYS-3)."
+    key = {"ap": "ap", "tbys": "tbys3"}.get(recipe)
+    if key is None:
+        raise ValueError(f"recipe must be one of {sorted(GAIN_RECIPES)}, got {recipe!r}")
+    return 100 * (SETTINGS[key].paper_ppl[regime] / SETTINGS["ce"].paper_ppl[regime] - 1)
+
+
+def gain_rows(doc: dict) -> list:
+    "Per corpus, base size, fine-tuning epochs and recipe: the change of val perplexity against continued CE in each seed (%), its mean ± sd."
+    groups = {}
+    for r in doc.get("runs", {}).values():
+        groups.setdefault((r["corpus"], r["size"], float(r["epochs"])), {}).setdefault(r["loss"], {})[r["seed"]] = r
+    rows = []
+    order = lambda key: (("text", "stdlib").index(key[0]) if key[0] in ("text", "stdlib") else 2, key[0], list(MODEL_SIZES).index(key[1]) if key[1] in MODEL_SIZES else len(MODEL_SIZES), key[1], key[2])
+    for (corpus, size, epochs), by_loss in sorted(groups.items(), key=lambda kv: order(kv[0])):
+        ce = by_loss.get("ce", {})
+        for loss, label in GAIN_RECIPES.items():
+            seeds = sorted(set(ce) & set(by_loss.get(loss, {})))
+            if not seeds:
+                continue
+            changes = [100 * (by_loss[loss][s]["ppl"] / ce[s]["ppl"] - 1) for s in seeds]
+            sp = spread(changes)
+            base = doc.get("bases", {}).get(f"{corpus}/{size}", {})
+            rows.append({"corpus": corpus, "size": size, "params": base.get("params", ce[seeds[0]].get("base_params")),
+                         "epochs": epochs, "recipe": loss, "label": label, "seeds": seeds, "n": len(seeds), "changes": changes,
+                         "mean": sp["mean"], "sd": sp["std"], "ce_ppl": spread([ce[s]["ppl"] for s in seeds])["mean"],
+                         "ppl": spread([by_loss[loss][s]["ppl"] for s in seeds])["mean"], "base_ppl": base.get("val_ppl"),
+                         "wins": sum(c < 0 for c in changes)})
+    return rows
+
+
+# %% ../nbs/10_experiments.ipynb #7a1c0007
+GAIN_COLUMNS = {"corpus": "corpus", "size": "base", (lambda r: f"{r['params']:,}" if r["params"] else "–"): "params",
+                (lambda r: f"{r['epochs']:g}"): "epochs", "label": "recipe", "n": "seeds",
+                (lambda r: ", ".join(f"{c:+.2f}" for c in r["changes"])): "change vs CE per seed (%)",
+                (lambda r: f"{r['mean']:+.2f} ± {r['sd']:.2f}" if r["n"] > 1 else f"{r['mean']:+.2f}"): "mean ± sd (%)",
+                (lambda r: f"{r['wins']}/{r['n']}"): "below CE", "ce_ppl": "CE ppl", "ppl": "ppl"}
+
+
+def _gain_style(recipe: str) -> dict:
+    "Colour and marker of a recipe in the gain plots."
+    return {"ap": dict(color="C2", marker="o"), "tbys": dict(color="C1", marker="s")}[recipe]
+
+
+def plot_gain_vs_size(doc: dict, epochs: float = 2.0, ax=None, recipes=("ap",)):
+    "Change of val ppl against continued CE (mean ± sd over seeds) against the base's parameters (log axis), with the paper's 2B point."
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    rows = [r for r in gain_rows(doc) if r["epochs"] == epochs and r["params"]]
+    for (corpus, ls) in (("text", "-"), ("stdlib", "--")):
+        for recipe in recipes:
+            label = GAIN_RECIPES[recipe]
+            rs = sorted((r for r in rows if r["corpus"] == corpus and r["recipe"] == recipe), key=lambda r: r["params"])
+            if not rs:
+                continue
+            ax.errorbar([r["params"] for r in rs], [r["mean"] for r in rs], yerr=[r["sd"] for r in rs], ls=ls, capsize=3,
+                        label=f"{label}, {corpus} (seeds: {'/'.join(str(r['n']) for r in rs)})", **_gain_style(recipe))
+    for recipe in recipes:
+        label = GAIN_RECIPES[recipe]
+        ax.plot([PAPER_PARAMS], [paper_gain(recipe)], ls="none", ms=13, markeredgecolor="k",
+                label=f"paper, {label}: Gemma-1 2B, 1 epoch of C4", **{**_gain_style(recipe), "marker": "*"})
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters of the base (log scale)")
+    ax.set_ylabel("val ppl vs continued CE (%)")
+    ax.set_title(f"Gain against model size ({epochs:g} epochs of fine-tuning; below 0 = better than CE)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_gain_vs_epochs(doc: dict, axes=None, recipes=("ap",)):
+    "Change of val ppl against continued CE against fine-tuning epochs (log axis), one panel per corpus, one line per base size and recipe."
+    rows = gain_rows(doc)
+    corpora = [c for c in ("text", "stdlib") if any(r["corpus"] == c for r in rows)] or ["text"]
+    axes = _two_axes(axes, (11, 4))
+    for ax, corpus in zip(axes, corpora):
+        for size, ls in (("tiny", "-"), ("small", "--"), ("base", ":")):
+            for recipe in recipes:
+                label = GAIN_RECIPES[recipe]
+                rs = sorted((r for r in rows if r["corpus"] == corpus and r["size"] == size and r["recipe"] == recipe),
+                            key=lambda r: r["epochs"])
+                if rs:
+                    ax.errorbar([r["epochs"] for r in rs], [r["mean"] for r in rs], yerr=[r["sd"] for r in rs], ls=ls, capsize=3,
+                                label=f"{label}, {size} (seeds: {'/'.join(str(r['n']) for r in rs)})", **_gain_style(recipe))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["epochs"] for r in rows if r["corpus"] == corpus})
+        ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+        ax.set_xlabel("fine-tuning epochs of the fine-tuning half (log scale)")
+        ax.set_ylabel("val ppl vs continued CE (%)")
+        ax.set_title(f"{corpus}: gain against fine-tuning budget")
+        ax.legend(fontsize=7)
+    for ax in axes[len(corpora):]:
+        ax.set_visible(False)
+    return axes
+

@@ -447,3 +447,60 @@ def test_train_final_line_says_over_how_many_tokens(tmp_path, capsys):
     from cyb_nb.cli import load_task
     n = evaluate(model, load_task("modsum", seq_len=16, n=64), cfg, batch_size=8, max_batches=1)["n_tokens"]
     assert f"over --eval-batches 1 batches of 8 = {n} tokens" in last, last
+
+
+def test_demo_budget_is_in_epochs():
+    "The demo's default budget is two epochs of the fine-tuning half (1499 steps of 4 rows on the bundled text's 2997 rows)."
+    import dataclasses
+    from cyb_nb.cli import DEMO_EPOCHS, budget_config, epoch_steps
+    from cyb_nb.train import FinetuneConfig
+    assert DEMO_EPOCHS == 2 and epoch_steps(2997, 2, 4) == 1499 and epoch_steps(2997, 0.5, 4) == 375 and epoch_steps(3, 0.01, 4) == 1
+    ft = budget_config(FinetuneConfig(), 2997)
+    assert (ft.steps, ft.warmup) == (1499, 50) and dataclasses.replace(ft, steps=1500, warmup=50) == FinetuneConfig()
+    assert budget_config(FinetuneConfig(), 2997, epochs=0.5).warmup == 37  # warmup at most a tenth of a short budget
+    assert budget_config(FinetuneConfig(), 2997, steps=7).steps == 7
+    for bad in (dict(n_rows=0, epochs=1, batch_size=4), dict(n_rows=10, epochs=0, batch_size=4), dict(n_rows=10, epochs=math.nan, batch_size=4)):
+        with pytest.raises(ValueError):
+            epoch_steps(**bad)
+    with pytest.raises(ValueError, match="not both"):
+        budget_config(FinetuneConfig(), 100, steps=3, epochs=1)
+
+
+def test_demo_prints_epochs_and_warns_under_one(tmp_path, monkeypatch, capsys):
+    "`--size small` runs the 4x128 base (pretrained once into the cache); the budget is printed as steps and epochs, a warning under one."
+    from cyb_nb import cli
+    from cyb_nb.train import BaseConfig, FinetuneConfig
+    monkeypatch.setenv("CYB_NB_CACHE", str(tmp_path / "cache"))
+    # the real sizes, on a shrunk budget: a few pretraining steps on short rows of the synthetic task
+    monkeypatch.setitem(cli.DEMO_FULL, "base", BaseConfig(seq_len=16, steps=3, batch_size=4, warmup=1))
+    monkeypatch.setitem(cli.DEMO_FULL, "finetune", FinetuneConfig(batch_size=4, warmup=1))
+    monkeypatch.setitem(cli.DEMO_FULL, "eval_every", 1000)
+    res = cli.run_demo(tmp_path / "demo", epochs=0.005, progress=False, task="modsum", size="small")
+    cap = capsys.readouterr()
+    n_rows = 2048  # half of the synthetic task's 4096 training rows
+    steps = math.ceil(0.005 * n_rows / 4)
+    assert f"fine-tuning: {steps} steps of 4 rows = {steps * 4 / n_rows:.2f} epochs of the fine-tuning half ({n_rows} rows)" in cap.out
+    assert "warning:" in cap.err and "needs about two" in cap.err
+    assert all(r["steps"] == steps for r in res[1:])
+    from cyb_nb.train import load_base
+    cached = list((tmp_path / "cache").glob("base-*.pt"))  # pretrained once and cached for the next call
+    assert len(cached) == 1
+    cfg = load_base(cached[0]).base_info["config"]
+    assert (cfg["d_model"], cfg["n_layers"], cfg["n_heads"]) == (128, 4, 4)  # the 4x128 base, not the shipped 2x64
+    j = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert j["config"]["size"] == "small" and j["config"]["finetune"]["steps"] == steps
+    res2 = cli.run_demo(tmp_path / "demo2", steps=steps * 2, progress=False, task="modsum", size="small")
+    assert res2[0]["nll"] == res[0]["nll"]  # the cached base, not a second pretraining
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_demo_size_checks(tmp_path, capsys):
+    from cyb_nb.cli import demo_base_config
+    from cyb_nb.train import MODEL_SIZES
+    assert demo_base_config("small").size == MODEL_SIZES["small"] and demo_base_config("tiny").size == MODEL_SIZES["tiny"]
+    for argv in (["demo", "--size", "base"], ["demo", "--size", "small", "--quick"], ["demo", "--size", "small", "--base", "default"],
+                 ["demo", "--steps", "10", "--epochs", "1"], ["demo", "--epochs", "0"], ["demo", "--epochs", "nan"]):
+        assert exit_code(argv + ["--out", str(tmp_path / "o")]) == 2, argv
+    assert "--size" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="size"):
+        demo_base_config("huge")
