@@ -384,42 +384,9 @@ def _hf_model(kind):
 
 
 def _hf_per_position_reference(model, ids, tgt, cut):
-    "Sum over t of the gradient of loss_t, with position t read live and every other one through `cut` (hooks written for the test)."
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    state = {"t": 0}
-
-    def mix(x, dim, zero=False):
-        shape = [1] * x.ndim
-        shape[dim] = x.shape[dim]
-        own = (torch.arange(x.shape[dim]) == state["t"]).to(x.dtype).view(shape)
-        return x * own + (torch.zeros_like(x) if zero else x.detach()) * (1 - own)
-
-    attns = [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
-    hooks, impl = [], model.config._attn_implementation
-    if cut == "kv":
-        AttentionInterface.register("test_kv_reference", lambda mod, q, k, v, mask, **kw: sdpa_attention_forward(mod, q, mix(k, 2), mix(v, 2), mask, **kw))
-        model.set_attn_implementation("test_kv_reference")
-    else:
-        def pre(mod, args, kwargs):
-            if args:
-                return (mix(args[0], 1, cut == "bigram"), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": mix(kwargs["hidden_states"], 1, cut == "bigram")}
-        hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in attns]
-    params = list(model.parameters())
-    total = [torch.zeros_like(p) for p in params]
-    try:
-        for t in range(ids.shape[1]):
-            state["t"] = t
-            lt = F.cross_entropy(model(input_ids=ids).logits[:, t], tgt[:, t], reduction="sum")
-            for acc, g in zip(total, torch.autograd.grad(lt, params, allow_unused=True)):
-                if g is not None:
-                    acc += g
-    finally:
-        for h in hooks:
-            h.remove()
-        model.set_attn_implementation(impl)
-    return total
+    "Sum over t of the gradient of loss_t, with position t read live and every other one through `cut` (no padding mask)."
+    from test_hf_wrappers import _per_position_reference  # the one brute-force reference, shared with the wrapper matrix
+    return _per_position_reference(model, ids, None, tgt, cut)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa"])
