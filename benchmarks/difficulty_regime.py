@@ -1,4 +1,4 @@
-"""Difficulty in the paper's regime (chapter 15, issue 17): a CE base pretrained on the first half of `modsum`, grown with
+"""Difficulty in the paper's regime (chapter 15): a CE base pretrained on the first half of `modsum`, grown with
 three pauses and fine-tuned on the second half with CE (continued), CYB-AP (γ = 1 and γ = 0.9^(i-1)), CYB-VA and CYB-DP
 (α = 0.01, 0.1), over seeds; per difficulty level: expected pauses, NLL, the gain of later steps; calibration and the token table.
 

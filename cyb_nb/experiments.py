@@ -52,14 +52,14 @@ class Setting:
 GAMMA_099 = tuple(0.99 ** i for i in range(4))  # the paper's γ_i = 0.99^(i-1), i = 1..4
 
 SETTINGS = {
-    # Fig. 6 (data efficiency) and Fig. 4 baselines; perplexities from paper-notes-cyb.md §3.4
+    # Fig. 6 (data efficiency) and Fig. 4 baselines of Catch Your Breath; perplexities read off the charts
     "ce": Setting("CE (no pauses)", LossConfig("ce"), 0, {"1x1": 12.17, "2x1": 11.92, "1x2": 11.85, "1x3": 11.67}),
     "tbys1": Setting("TBYS, 1 pause", LossConfig("tbys", W_max=2), 1, {"1x1": 12.10, "2x1": 11.80, "1x2": 11.75, "1x3": 11.56}),
     "tbys2": Setting("TBYS, 2 pauses", LossConfig("tbys", W_max=3), 2, {"1x1": 12.02, "2x1": 11.71, "1x2": 11.66, "1x3": 11.46}),
     "tbys3": Setting("TBYS, 3 pauses", LossConfig("tbys", W_max=4), 3, {"1x1": 11.98, "2x1": 11.65, "1x2": 11.61, "1x3": 11.41}),
     "ap": Setting("CYB-AP ω=0:0:0:1 γ=1", LossConfig("ap", omega=(0, 0, 0, 1)), 3,
                   {"1x1": 11.66, "2x1": 11.34, "1x2": 11.31, "1x3": 11.13}, (0.58, 0.15, 0.13, 0.14)),
-    # Fig. 5 (sweep, one epoch) and Fig. 7 (latency); paper-notes-cyb.md §3.3 and §3.5
+    # Fig. 5 (sweep, one epoch) and Fig. 7 (latency) of Catch Your Breath, read off the charts
     "ap_g99": Setting("CYB-AP ω=0:0:0:1 γ=0.99^(i-1)", LossConfig("ap", omega=(0, 0, 0, 1), gamma=GAMMA_099), 3,
                       {"1x1": 11.71}, (0.78, 0.13, 0.06, 0.03)),
     "ap_w1111": Setting("CYB-AP ω=1:1:1:1 γ=1", LossConfig("ap", omega=(1, 1, 1, 1)), 3, {"1x1": 12.45}, (0.51, 0.15, 0.04, 0.30)),
