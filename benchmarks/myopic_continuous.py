@@ -18,7 +18,7 @@ import torch
 
 from cyb_nb.myopic import SineRegressor, make_myopic, make_sine_task, sine_losses, sine_probes, train_sine
 
-AUTHORS = {"source": "paper-notes-companions.md: the authors' saved runs (FutureGPT2), freq 10, GPT-2 body d 128, 2 layers, 2 heads",
+AUTHORS = {"source": "the authors' saved runs (FutureGPT2, their public code, Wu et al. 2024), freq 10, GPT-2 body d 128, 2 layers, 2 heads",
            "p": [0.01, 0.1, 0.3], "vanilla_train_loss": [0.0, 0.01], "myopic_train_loss": [0.01, 0.10, 0.32]}
 
 

@@ -238,7 +238,7 @@ def hand_step_logits(hf, pv, dk_id, ids):
 
 
 def cyb_ap_reference(step_logits, targets, dk_prior=0.9):
-    "Float64 CYB-AP loss (ω one-hot at W, γ = 1) by enumerating stopping steps, from paper-notes §1.3/§2."
+    "Float64 CYB-AP loss (ω one-hot at W, γ = 1) by enumerating stopping steps, (Catch Your Breath, §2)."
     B, T, W, V1 = step_logits.shape
     n_vocab = V1  # |V| of the notes: the real tokens plus δ; ψ'_i = (1 - ψ'_DK)/(|V| - 1) for the others
     shift = math.log(dk_prior / ((1 - dk_prior) / (n_vocab - 1)))
