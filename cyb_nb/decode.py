@@ -267,6 +267,11 @@ class TokenEvent:
     step: int = -1  # step read out from (-1: mixture over all steps)
     config: DecodeConfig | None = None  # the δ prior ψ′ and deadlines ω it was decoded with, and where they came from
 
+    def __post_init__(self):
+        if isinstance(self.config, dict):  # read back from JSON (`dataclasses.asdict`): a DecodeConfig again
+            om = self.config.get("omega")
+            self.config = DecodeConfig(**{**self.config, "omega": None if om is None else tuple(om)})
+
 
 def _pause_vocab(model: nn.Module, pv: PauseVocab | None = None) -> PauseVocab:
     "The model's `PauseVocab`: `pv` if given, else its `pause_vocab` attribute, else derived by `train.pause_vocab_of`."
