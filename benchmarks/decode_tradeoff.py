@@ -1,4 +1,4 @@
-"""Adaptive decoding, the whole trade-off (issue 17): forward positions per real token vs NLL in the paper's regime.
+"""Adaptive decoding, the whole trade-off: forward positions per real token vs NLL in the paper's regime.
 
     python benchmarks/decode_tradeoff.py --json benchmarks/decode_tradeoff.json --cache /tmp/dt_models   # chapter 08's runs (~16 min)
     python benchmarks/decode_tradeoff.py --quick --json /tmp/dt.json               # seconds: exercises the code, measures nothing

@@ -613,7 +613,7 @@ def _describe(kw: dict, pv, config) -> str:
     else:
         mp = pv.n_pauses if kw["max_pauses"] is None else kw["max_pauses"]
         how = f"adaptive: halt {kw['halt']}" + (f" {kw['threshold']}" if kw["halt"] != "sample" else "") + f", at most {mp} pauses"
-    return how + f", δ prior {config}"
+    return how + f", {config}"
 
 
 def _add_generate_parser(sub):
