@@ -596,26 +596,24 @@ def _codec(model, ck: dict, a, p) -> tuple:
 
 
 def _decoder_settings(a, cfg, pv) -> dict:
-    "`stream_generate` options from the command line, defaulting to what the checkpoint's loss trained (δ prior, deadlines ω)."
+    "`stream_generate` options from the command line; ψ′ and ω are left to the model's `loss_config` (`decode.FROM_MODEL`) unless --dk-prior is given."
+    from cyb_nb.decode import FROM_MODEL
     trained = cfg is not None and cfg.uses_dont_know
     mode = a.mode or ("adaptive" if trained and pv.n_pauses else "fixed")
-    dk_prior = a.dk_prior if a.dk_prior is not None else (cfg.dk_prior if cfg is not None else 0.9)
-    omega = None if cfg is None or cfg.omega is None or len(cfg.omega) != pv.W_max else tuple(cfg.omega)
-    if omega is not None and not any(omega[:-1]):  # all the mass on the last step: no deadline, the same as none
-        omega = None
+    dk_prior = a.dk_prior if a.dk_prior is not None else FROM_MODEL
+    omega = FROM_MODEL
     return dict(mode=mode, readout_rule=a.readout, halt=a.halt, threshold=a.threshold, max_pauses=a.max_pauses, omega=omega,
                 temperature=a.temperature, top_k=a.top_k, dk_prior=dk_prior, seed=a.seed)
 
 
-def _describe(kw: dict, pv) -> str:
-    "The decoder in words, for the closing line."
+def _describe(kw: dict, pv, config) -> str:
+    "The decoder in words, for the closing line, with the ψ′ and ω it used (`config`, a `decode.DecodeConfig`) and where they came from."
     if kw["mode"] == "fixed":
         how = f"Recipe 1: {pv.n_pauses} pauses after every token, {kw['readout_rule']} readout"
     else:
         mp = pv.n_pauses if kw["max_pauses"] is None else kw["max_pauses"]
         how = f"adaptive: halt {kw['halt']}" + (f" {kw['threshold']}" if kw["halt"] != "sample" else "") + f", at most {mp} pauses"
-    dk = "none" if kw["dk_prior"] is None else f"{kw['dk_prior']:g}"
-    return how + f", δ prior {dk}" + (f", deadlines ω {kw['omega']}" if kw["omega"] is not None else "")
+    return how + f", {config}"
 
 
 def _add_generate_parser(sub):
@@ -647,13 +645,22 @@ def _add_generate_parser(sub):
     g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest tokens (default: all)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the sampler (default: 0)")
     g.add_argument("--dk-prior", type=_bounded(float, 0.0, False, "a number in (0, 1)", high=1.0 - 1e-12), default=None,
-                   help="the <don't know> prior ψ' shifted onto δ's logit (default: the checkpoint's loss's, else 0.9)")
+                   help="the <don't know> prior ψ' shifted onto δ's logit (default: the one the model was trained with, its "
+                        "loss_config, else 0.9; the closing line says which)")
     g.add_argument("--tokenizer", default=None, help="the tokenizer to read the prompt with (default: the one the model was trained with)")
     g.add_argument("--plain", action="store_true", help="no colours: pauses as superscript digits (automatic when stdout is not a terminal)")
     g.add_argument("--no-pauses", action="store_true", help="write the text alone, without the pause counts")
     g.add_argument("--json", default=None, help="also write one JSON record per token to this file (TokenEvent fields: token, "
-                   "text, pauses, positions, d per step, s, step)")
+                   "text, pauses, positions, d per step, s, step, config: the ψ' and ω used)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cpu)")
+
+
+def _with_loss_config(model, cfg):
+    "The loss `model` was trained with: its `loss_config`, else the checkpoint's `cfg`, which it then carries (so the decoders read it)."
+    own = getattr(model, "loss_config", None)
+    if own is None and cfg is not None:
+        model.loss_config = cfg
+    return own if own is not None else cfg
 
 
 def _read_prompt(a, p) -> tuple:
@@ -682,6 +689,7 @@ def _cmd_generate(a, p):
         except ValueError as err:
             _fail_arg(p, "--json", str(err))
     model, cfg, ck = _load_for_cli(a.checkpoint, p)
+    cfg = _with_loss_config(model, cfg)
     pv = pause_vocab_of(model)
     if a.max_pauses is not None and a.max_pauses > pv.n_pauses:
         _fail_arg(p, "--max-pauses", f"the model has {pv.n_pauses} pauses per token (W_max = {pv.W_max}), got --max-pauses {a.max_pauses}")
@@ -724,7 +732,7 @@ def _cmd_generate(a, p):
         mean_p = sum(e.pauses for e in events) / n
         pos = sum(e.positions for e in events) / n
         print(f"{n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s (reading the prompt included); mean pauses per token {mean_p:.3f}; "
-              f"forward positions per token {pos:.3f} ({_describe(kw, pv)})" + ("" if style == "text" else
+              f"forward positions per token {pos:.3f} ({_describe(kw, pv, events[0].config)})" + ("" if style == "text" else
               "; superscripts: pauses per token") + (f"; wrote {a.json}" if a.json is not None else ""))
     return status
 
@@ -740,6 +748,7 @@ def _demo_config(folder: Path) -> dict:
 def _eval_checkpoint(path, a, p, demo_config: dict | None = None) -> dict:
     "Evaluate one checkpoint of any kind on the val split of the data it was trained on: the metrics and where they come from."
     model, cfg, ck = _load_for_cli(path, p)
+    cfg = _with_loss_config(model, cfg)
     meta, demo_config = _meta(ck), demo_config or {}
     base_cfg = ((ck.get("extra") or {}).get("base") or {}).get("config") or {}  # a base from cyb-nb pretrain
     task = a.task or meta.get("task") or "text"
@@ -764,8 +773,11 @@ def _eval_checkpoint(path, a, p, demo_config: dict | None = None) -> dict:
         _fail_arg(p, "--task", f"{task!r} has a vocabulary of {data.vocab_size} tokens, the checkpoint's model one of {V}; "
                   f"evaluate on the task it was trained on ({meta.get('task', 'unknown')!r})")
     model.to(a.device or "cpu")
-    res = evaluate(model, data, cfg or "ap", batch_size=32, max_batches=a.batches, device=a.device)
+    used = cfg if cfg is not None else LossConfig("ap")  # no record of the loss: read as CYB-AP with ψ′ = 0.9, and say so
+    res = evaluate(model, data, used, batch_size=32, max_batches=a.batches, device=a.device)
     return {"checkpoint": str(path), "task": task, "loss": (cfg.name if cfg else None), "step": ck.get("step"),
+            **({"dk_prior": used.dk_prior, "read_as": "the model's loss_config" if cfg is not None else "default: no loss_config, read as ap"}
+               if used.uses_dont_know else {}),
             "scored": "the whole val split" if a.batches is None else f"the first {a.batches} val batches of 32", **res}
 
 
@@ -774,6 +786,8 @@ def _eval_line(res: dict) -> str:
     line = (f"{res['checkpoint']} (loss {res['loss']}, step {res['step']}, task {res['task']}): val NLL {res['nll']:.4f} nats = "
             f"{res['bits']:.4f} bits per real token, ppl {res['ppl']:.3f}, mean pauses {res['mean_pauses']:.2f} over "
             f"{res['scored']} = {res['n_tokens']} tokens")
+    if "dk_prior" in res:
+        line += f"; δ prior ψ′ = {'none' if res['dk_prior'] is None else format(res['dk_prior'], 'g')} ({res['read_as']})"
     extra = {k: v for k, v in res.items() if k.startswith("pauses_")}
     if extra:
         line += "\n  mean pauses by difficulty: " + ", ".join(f"{k[7:]}: {v:.2f} ({res.get('n_' + k[7:], '?')} tokens)"

@@ -7,23 +7,26 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .losses import head_log_probs
+from .losses import LossConfig, dk_shift, head_log_probs
+from .stats import _rank, _rows, calibration, plot_calibration, spearman
 from .stopping import log_stop_probs
 from .stream import IGNORE_INDEX, PauseVocab, expand, sample_pause_counts
 
 # %% auto #0
-__all__ = ['READOUTS', 'HALTS', 'PAUSE_STYLES', 'head_readout', 'readout', 'sample_next', 'token_stats', 'latency_histogram',
-           'expected_latency_histogram', 'spearman', 'calibration', 'pause_stats_by_token', 'pause_table',
-           'plot_latency', 'plot_calibration', 'TokenEvent', 'new_cache', 'stream_generate', 'generate',
-           'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html', 'render_event',
-           'TextPieces', 'generate_batch']
+__all__ = ['READOUTS', 'HALTS', 'FROM_MODEL', 'DEFAULT_DK_PRIOR', 'DEFAULT_OMEGA', 'PAUSE_STYLES', 'head_readout', 'DecodeConfig',
+           'decode_config', 'readout', 'sample_next', 'token_stats', 'latency_histogram', 'expected_latency_histogram',
+           'pause_stats_by_token', 'pause_table', 'plot_latency', 'TokenEvent', 'new_cache', 'stream_generate',
+           'generate', 'cached_step_logits', 'score_fixed', 'score_adaptive', 'ForceDontKnow', 'events_html',
+           'render_event', 'TextPieces', 'generate_batch', 'spearman', 'calibration', 'plot_calibration']
+
+# %% ../nbs/08_decode.ipynb #dc0f0010
+_all_ = ["spearman", "calibration", "plot_calibration"]  # defined in cyb_nb.stats (Appendix D), importable from here too
 
 # %% ../nbs/08_decode.ipynb #0c5fcdcd
 READOUTS = ("mixture", "sample", "argmax_step")
@@ -46,6 +49,67 @@ def head_readout(logits: torch.Tensor, dk_prior: float = 0.9) -> tuple:
     dummy = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
     log_d, log_1md, _ = head_log_probs(logits, dummy, dk_prior=dk_prior)
     return log_d, log_1md, torch.log_softmax(logits[..., :-1], dim=-1)
+
+# %% ../nbs/08_decode.ipynb #dc0f0002
+class _FromModel:
+    "The type of `FROM_MODEL`: a decoder argument left to the model's `loss_config`."
+
+    def __repr__(self):
+        return "FROM_MODEL"
+
+    def __reduce__(self):
+        return "FROM_MODEL"  # pickles as the module constant
+
+
+FROM_MODEL = _FromModel()
+DEFAULT_DK_PRIOR, DEFAULT_OMEGA = 0.9, None  # what a model without a loss_config is decoded with
+_SOURCES = {"explicit": "passed", "model": "the model's loss_config", "default": "default: the model has no loss_config"}
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    "The δ prior ψ′ (`dk_prior`) and deadline ratios ω a decoder used, and where each came from: 'explicit', 'model' or 'default'."
+    dk_prior: float | None
+    omega: tuple | None
+    dk_prior_from: str = "default"
+    omega_from: str = "default"
+
+    def __str__(self):
+        dk = "none (no shift)" if self.dk_prior is None else f"{self.dk_prior:g}"
+        om = "none (no deadline)" if self.omega is None else ":".join(f"{float(x):g}" for x in self.omega)
+        if self.dk_prior_from == self.omega_from:
+            return f"ψ′ = {dk}, ω = {om} ({_SOURCES[self.dk_prior_from]})"
+        return f"ψ′ = {dk} ({_SOURCES[self.dk_prior_from]}), ω = {om} ({_SOURCES[self.omega_from]})"
+
+
+def _model_omega(cfg: LossConfig):
+    "The deadline ratios of a training loss as a tuple, or None: losses without ω, and ω all on the last step (no deadline)."
+    om = cfg.omega if cfg.name in ("ap", "dp") else None
+    if om is None:
+        return None
+    om = tuple(float(x) for x in (om.tolist() if isinstance(om, torch.Tensor) else om))
+    return None if not any(om[:-1]) else om
+
+
+def decode_config(model: nn.Module, dk_prior=FROM_MODEL, omega=FROM_MODEL) -> DecodeConfig:
+    "Resolve a decoder's `dk_prior` and `omega`: a value passed wins, `FROM_MODEL` takes `model.loss_config`'s, and without one ψ′ = 0.9, ω = None."
+    cfg = getattr(model, "loss_config", None)
+    if cfg is not None and not isinstance(cfg, LossConfig):
+        raise TypeError(f"model.loss_config must be a cyb_nb.losses.LossConfig (the loss the model was trained with) or None, "
+                        f"got {type(cfg).__name__}")
+    src = "default" if cfg is None else "model"
+    if dk_prior is FROM_MODEL:
+        dk, dk_from = (DEFAULT_DK_PRIOR if cfg is None else cfg.dk_prior), src
+    else:
+        if dk_prior is not None and (isinstance(dk_prior, bool) or not isinstance(dk_prior, (int, float))):
+            raise TypeError(f"dk_prior must be a number in (0, 1), None (no shift) or FROM_MODEL, got {dk_prior!r}")
+        dk_shift(2, dk_prior)  # a number outside (0, 1) is a ValueError naming dk_prior
+        dk, dk_from = dk_prior, "explicit"
+    if omega is FROM_MODEL:
+        om, om_from = (DEFAULT_OMEGA if cfg is None else _model_omega(cfg)), src
+    else:
+        om, om_from = omega, "explicit"
+    return DecodeConfig(dk, om, dk_from, om_from)
 
 # %% ../nbs/08_decode.ipynb #6255efcc
 def readout(log_y: torch.Tensor, log_s: torch.Tensor, rule: str = "mixture",
@@ -104,18 +168,6 @@ def token_stats(step_logits: torch.Tensor, targets: torch.Tensor, dk_prior: floa
             "nll": nll.masked_fill(~mask, 0.0), "mask": mask}
 
 
-def _rows(x: torch.Tensor, mask: torch.Tensor | None, name: str, per_step: bool = True) -> torch.Tensor:
-    "Entries of `x` at the tokens where `mask` is True (all when None): `[N, W]` if `per_step` (x is `[..., W]`), else `[N]`."
-    if not isinstance(x, torch.Tensor) or x.ndim < int(per_step):
-        raise TypeError(f"{name} must be a torch.Tensor{' [..., W]' if per_step else ''}, got {type(x).__name__}")
-    if mask is None:
-        return x.reshape(-1, x.shape[-1]) if per_step else x.reshape(-1)
-    if not isinstance(mask, torch.Tensor) or mask.shape != x.shape[: mask.ndim]:
-        raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:mask.ndim] if isinstance(mask, torch.Tensor) else x.shape)}"
-                         f" (the leading dims of {name}), got {tuple(mask.shape) if isinstance(mask, torch.Tensor) else mask!r}")
-    return x[mask.bool()]
-
-
 def latency_histogram(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     "Share of readouts after 0, 1, …, W-1 pauses averaged over tokens (paper Fig. 7, purple): mean of `s [..., W]`; sums to 1."
     rows = _rows(s, mask, "s")
@@ -136,50 +188,6 @@ def expected_latency_histogram(expected_pauses: torch.Tensor, mask: torch.Tensor
     counts = torch.histc(x.clamp(0, W - 1), bins=nb, min=0.0, max=float(max(W - 1, 1e-9)))
     return {"edges": torch.linspace(0, max(W - 1, 1e-9), nb + 1), "freq": counts / counts.sum()}
 
-
-def _rank(x: torch.Tensor) -> torch.Tensor:
-    "Average ranks (1-based; ties share their mean rank) of a 1-D tensor, in float64."
-    x = x.double().flatten()
-    srt, order = torch.sort(x, stable=True)
-    _, inverse, counts = torch.unique_consecutive(srt, return_inverse=True, return_counts=True)
-    avg = torch.cumsum(counts, 0).double() - (counts.double() - 1) / 2
-    r = torch.empty_like(x)
-    r[order] = avg[inverse]
-    return r
-
-
-def spearman(x, y) -> float:
-    "Spearman rank correlation of two equal-length 1-D samples (ties → average ranks); NaN with a warning if one is constant."
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    if x.ndim != 1 or y.shape != x.shape:
-        raise ValueError(f"x and y must be 1-D of equal length, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.numel() < 2:
-        raise ValueError(f"spearman needs at least 2 pairs, got {x.numel()}")
-    if not (torch.isfinite(x.double()).all() and torch.isfinite(y.double()).all()):
-        raise ValueError("x and y must be finite (no NaN/inf)")
-    rx, ry = _rank(x), _rank(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = torch.sqrt((rx * rx).sum() * (ry * ry).sum())
-    if float(den) == 0.0:
-        warnings.warn("spearman: an input is constant, the correlation is undefined (NaN)")
-        return float("nan")
-    return float(((rx * ry).sum() / den).clamp(-1, 1))
-
-
-def calibration(d: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> list:
-    "Per step i < W: Spearman correlation of `d_i` with the gain `t_{i+1} - t_i` over tokens (paper Fig. 10), as dicts."
-    if not isinstance(d, torch.Tensor) or not isinstance(t, torch.Tensor) or d.shape != t.shape or d.ndim < 1:
-        raise ValueError(f"d and t must be tensors of equal shape [..., W], got {getattr(d, 'shape', d)} and {getattr(t, 'shape', t)}")
-    D, Tt = _rows(d, mask, "d"), _rows(t, mask, "t")
-    out = []
-    for i in range(d.shape[-1] - 1):
-        x, y = D[:, i], Tt[:, i + 1] - Tt[:, i]
-        rho = spearman(x, y) if x.numel() >= 2 else float("nan")
-        n = x.numel()
-        p = math.erfc(abs(rho) * math.sqrt(max(n - 1, 0)) / math.sqrt(2)) if math.isfinite(rho) else float("nan")
-        out.append({"step": i, "spearman": rho, "p_value": p, "n": n,
-                    "mean_d": float(x.double().mean()), "mean_gain": float(y.double().mean())})
-    return out
 
 # %% ../nbs/08_decode.ipynb #ec764f74
 def pause_stats_by_token(ids: torch.Tensor, expected_pauses: torch.Tensor, mask: torch.Tensor | None = None,
@@ -246,20 +254,6 @@ def plot_latency(s: torch.Tensor, expected_pauses: torch.Tensor | None = None, m
     return ax
 
 
-def plot_calibration(d: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None, ax=None, max_points: int = 2000):
-    "Paper Fig. 10: scatter of `d_i` against `t_{i+1} - t_i` per step, titled with Spearman's ρ."
-    import matplotlib.pyplot as plt
-    D, Tt = _rows(d, mask, "d"), _rows(t, mask, "t")
-    cal = calibration(d, t, mask)
-    W = d.shape[-1]
-    axs = ax if ax is not None else plt.subplots(1, max(W - 1, 1), figsize=(3 * max(W - 1, 1), 2.6), squeeze=False)[1][0]
-    for i, c in enumerate(cal):
-        n = min(D.shape[0], max_points)
-        axs[i].scatter(D[:n, i].tolist(), (Tt[:n, i + 1] - Tt[:n, i]).tolist(), s=3, alpha=0.4)
-        axs[i].set_title(f"step {i}: ρ = {c['spearman']:.3f}", fontsize=9)
-        axs[i].set_xlabel(f"$d_{i}$"); axs[i].set_ylabel(f"$t_{i+1} - t_{i}$")
-    return axs
-
 # %% ../nbs/08_decode.ipynb #18987a59
 @dataclass
 class TokenEvent:
@@ -271,6 +265,12 @@ class TokenEvent:
     d: list  # <don't know> probability at each processed step
     s: list  # stopping distribution over steps (adaptive: one-hot at the step that answered)
     step: int = -1  # step read out from (-1: mixture over all steps)
+    config: DecodeConfig | None = None  # the δ prior ψ′ and deadlines ω it was decoded with, and where they came from
+
+    def __post_init__(self):
+        if isinstance(self.config, dict):  # read back from JSON (`dataclasses.asdict`): a DecodeConfig again
+            om = self.config.get("omega")
+            self.config = DecodeConfig(**{**self.config, "omega": None if om is None else tuple(om)})
 
 
 def _pause_vocab(model: nn.Module, pv: PauseVocab | None = None) -> PauseVocab:
@@ -384,12 +384,14 @@ def _deadlines(omega, n: int, max_pauses: int, pv: PauseVocab, generator) -> lis
 
 @torch.no_grad()
 def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: str = "fixed", readout_rule: str = "mixture",
-                    halt: str = "threshold", threshold: float = 0.5, max_pauses: int | None = None, omega=None,
-                    temperature: float = 1.0, top_k: int | None = None, dk_prior: float = 0.9,
+                    halt: str = "threshold", threshold: float = 0.5, max_pauses: int | None = None, omega=FROM_MODEL,
+                    temperature: float = 1.0, top_k: int | None = None, dk_prior=FROM_MODEL,
                     decode: Callable | None = None, seed: int | None = None, eos_id: int | None = None,
                     pv: PauseVocab | None = None) -> Iterator[TokenEvent]:
-    "Generate after `prompt` with the KV cache, yielding a `TokenEvent` per token: Recipe 1 (`mode='fixed'`) or adaptive pauses."
+    "Generate after `prompt` with the KV cache, yielding a `TokenEvent` per token: Recipe 1 (`mode='fixed'`) or adaptive pauses; ψ′ and ω default to the model's (`decode_config`)."
     pv = _pause_vocab(model, pv)
+    dc = decode_config(model, dk_prior, omega)
+    dk_prior, omega = dc.dk_prior, dc.omega
     mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
@@ -418,7 +420,7 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
                 s = log_s[0].exp().cpu()
                 k = int(step[0])
                 yield TokenEvent(int(tok), text([int(tok)]), float(k) if k >= 0 else float((s * kk).sum()), W,
-                                 log_d[0].exp().tolist(), s.tolist(), k)
+                                 log_d[0].exp().tolist(), s.tolist(), k, dc)
                 if n + 1 == max_new_tokens or (eos_id is not None and int(tok) == eos_id):
                     return
                 chunk = torch.cat([tok.reshape(1, 1), pauses_row], 1)
@@ -429,7 +431,7 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
                 log_y, k, ds, stops = _adaptive_token(model, cache, ids[0, t], t, pv, budget[t], halt, threshold, dk_prior, g)
             for n in range(max_new_tokens):
                 tok = sample_next(log_y[None], temperature, top_k, g)
-                yield TokenEvent(int(tok), text([int(tok)]), float(k), k + 1, ds, stops, k if halt != "mass" else -1)
+                yield TokenEvent(int(tok), text([int(tok)]), float(k), k + 1, ds, stops, k if halt != "mass" else -1, dc)
                 if n + 1 == max_new_tokens or (eos_id is not None and int(tok) == eos_id):
                     return
                 log_y, k, ds, stops = _adaptive_token(model, cache, tok[0], T0 + n, pv, budget[T0 + n], halt, threshold,
@@ -439,14 +441,15 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
 
 
 def generate(model: nn.Module, prompt, max_new_tokens: int = 32, **kwargs) -> dict:
-    "Run `stream_generate` to the end: generated ids, the events, the text, positions per token and tokens per second."
+    "Run `stream_generate` to the end: generated ids, the events, the text, positions per token, tokens per second and the `DecodeConfig` used."
     t0 = time.perf_counter()
     events = list(stream_generate(model, prompt, max_new_tokens, **kwargs))
     dt = time.perf_counter() - t0
     toks = [e.token for e in events]
     return {"tokens": toks, "events": events, "text": "".join(e.text for e in events),
             "positions_per_token": sum(e.positions for e in events) / len(events),
-            "mean_pauses": sum(e.pauses for e in events) / len(events), "seconds": dt, "tokens_per_s": len(events) / dt}
+            "mean_pauses": sum(e.pauses for e in events) / len(events), "seconds": dt, "tokens_per_s": len(events) / dt,
+            "config": events[0].config}
 
 # %% ../nbs/08_decode.ipynb #f9875d94
 @torch.no_grad()
@@ -468,11 +471,13 @@ def cached_step_logits(model: nn.Module, ids: torch.Tensor, pv: PauseVocab | Non
 
 
 @torch.no_grad()
-def score_fixed(model: nn.Module, ids: torch.Tensor, dk_prior: float = 0.9, omega=None, pv: PauseVocab | None = None,
+def score_fixed(model: nn.Module, ids: torch.Tensor, dk_prior=FROM_MODEL, omega=FROM_MODEL, pv: PauseVocab | None = None,
                 batch_size: int = 64) -> dict:
-    "Recipe 1 teacher-forced per-token statistics (`token_stats`) of `ids [B, T]`, plus mean NLL and positions per token."
+    "Recipe 1 teacher-forced per-token statistics (`token_stats`) of `ids [B, T]`, plus mean NLL, positions per token and the `DecodeConfig` used."
     from cyb_nb.models import forward_steps
     pv = _pause_vocab(model, pv)
+    dc = decode_config(model, dk_prior, omega)
+    dk_prior, omega = dc.dk_prior, dc.omega
     dev = _model_device(model)
     was_training = model.training
     model.eval()
@@ -486,16 +491,18 @@ def score_fixed(model: nn.Module, ids: torch.Tensor, dk_prior: float = 0.9, omeg
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     m = out["mask"]
     out.update(mean_nll=float(out["nll"][m].double().mean()), mean_pauses=float(out["expected_pauses"][m].double().mean()),
-               positions_per_token=float(pv.W_max), ids=ids.cpu())
+               positions_per_token=float(pv.W_max), ids=ids.cpu(), config=dc)
     return out
 
 
 @torch.no_grad()
 def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold", threshold: float = 0.5,
-                   max_pauses: int | None = None, omega=None, dk_prior: float = 0.9, seed: int = 0,
+                   max_pauses: int | None = None, omega=FROM_MODEL, dk_prior=FROM_MODEL, seed: int = 0,
                    pv: PauseVocab | None = None) -> dict:
     "Adaptive decoding of `ids [B, T]` teacher-forced: per-token NLL of the readout (the answering step, or with `halt='mass'` the deadline mixture), pauses used, `d` per step, means."
     pv = _pause_vocab(model, pv)
+    dc = decode_config(model, dk_prior, omega)
+    dk_prior, omega = dc.dk_prior, dc.omega
     mp = _check_decode_args("adaptive", "mixture", halt, threshold, max_pauses, pv)
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.numel() == 0:
         raise ValueError(f"ids must be a non-empty integer tensor [B, T], got {getattr(ids, 'shape', type(ids).__name__)}")
@@ -555,7 +562,7 @@ def score_adaptive(model: nn.Module, ids: torch.Tensor, halt: str = "threshold",
     processed = torch.arange(W) <= pauses[..., None]
     return {"nll": nll, "pauses": pauses, "d": d, "processed": processed, "mask": mask, "ids": ids.cpu(),
             "mean_nll": float(nll[mask].mean()), "mean_pauses": float(pauses[mask].double().mean()),
-            "positions_per_token": float((pauses + 1).double().mean())}
+            "positions_per_token": float((pauses + 1).double().mean()), "config": dc}
 
 # %% ../nbs/08_decode.ipynb #16992ae7
 class ForceDontKnow(nn.Module):
@@ -565,6 +572,7 @@ class ForceDontKnow(nn.Module):
         super().__init__()
         self.model, self.value = model, float(value)
         self.pause_vocab = _pause_vocab(model)
+        self.loss_config = getattr(model, "loss_config", None)  # decoded as the wrapped model was trained
 
     def new_cache(self):
         "An empty KV cache of the wrapped model."
@@ -652,7 +660,7 @@ def _draw_rows(idx: torch.Tensor, fn: Callable, shared, gens) -> tuple:
 @torch.no_grad()
 def generate_batch(model: nn.Module, prompts: Sequence, max_new_tokens: int = 32, mode: str = "fixed",
                    readout_rule: str = "mixture", halt: str = "threshold", threshold: float = 0.5, max_pauses: int | None = None,
-                   omega=None, temperature: float = 1.0, top_k: int | None = None, dk_prior: float = 0.9,
+                   omega=FROM_MODEL, temperature: float = 1.0, top_k: int | None = None, dk_prior=FROM_MODEL,
                    seed: int | None = None, seeds: Sequence[int] | None = None, eos_id: int | None = None,
                    pv: PauseVocab | None = None) -> dict:
     """Decode B prompts together under the same rules as `stream_generate`, with one rectangular KV cache and no padding.
@@ -666,9 +674,11 @@ def generate_batch(model: nn.Module, prompts: Sequence, max_new_tokens: int = 32
     order; with `seed` the rows share one generator (faster: one draw per call for the whole batch).
 
     Returns `tokens` and `pauses` (lists per row, as `TokenEvent.pauses`), `calls` (forward calls of the batch), `positions`
-    (positions fed for the tokens that produced a generated token, as `generate` counts them), `seconds`, `tokens_per_s` and
-    `positions_per_token`."""
+    (positions fed for the tokens that produced a generated token, as `generate` counts them), `seconds`, `tokens_per_s`,
+    `positions_per_token`, and `config`, the `DecodeConfig` (ψ′ and ω, the model's unless passed) it decoded with."""
     pv = _pause_vocab(model, pv)
+    dc = decode_config(model, dk_prior, omega)
+    dk_prior, omega = dc.dk_prior, dc.omega
     mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
@@ -773,5 +783,5 @@ def generate_batch(model: nn.Module, prompts: Sequence, max_new_tokens: int = 32
     n_tok = int(n_out.sum())
     return {"tokens": [seq[r, int(T0[r]):int(T0[r]) + int(n_out[r])].tolist() for r in range(B)],
             "pauses": [pauses[r, :int(n_out[r])].tolist() for r in range(B)], "calls": calls, "positions": positions,
-            "seconds": dt, "tokens_per_s": n_tok / dt, "positions_per_token": positions / n_tok}
+            "seconds": dt, "tokens_per_s": n_tok / dt, "positions_per_token": positions / n_tok, "config": dc}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .decode import pause_stats_by_token, score_fixed
+from .decode import FROM_MODEL, pause_stats_by_token, score_fixed
 from .losses import LOSS_NAMES, LossConfig
 from .stopping import exponential_discount
 
@@ -400,8 +400,8 @@ def pauses_html(pieces: list, pauses: list, W: int, selected: int | None = None,
 class PauseExplorer(_Widget):
     "Colour text by the pauses a model spends before each token; select a token to see its s and d; most/least paused tokens."
 
-    def __init__(self, model, tokenizer, samples=None, text: str | None = None, max_tokens: int = 96, dk_prior: float = 0.9,
-                 omega=None, k: int = 5):
+    def __init__(self, model, tokenizer, samples=None, text: str | None = None, max_tokens: int = 96, dk_prior=FROM_MODEL,
+                 omega=FROM_MODEL, k: int = 5):
         import ipywidgets as w
         self.tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer  # a DataBundle or a TextTokenizer
         if not hasattr(self.tokenizer, "encode") or not hasattr(self.tokenizer, "decode"):
@@ -418,13 +418,13 @@ class PauseExplorer(_Widget):
         self.index = w.IntSlider(value=1, min=1, max=1, description="token #", continuous_update=True)
         self.relative = w.Checkbox(value=False, description="colour relative to this text's max", indent=False)
         self.relative.observe(lambda c: self.select(self.selected), "value")
-        self.html, self.table = w.HTML(), w.HTML()
+        self.html, self.table, self.info = w.HTML(), w.HTML(), w.HTML()
         self.image = w.Image(format="png")
         self.figure, self.axes = _new_figure(5, 2.4, 1)
         self.text.observe(lambda c: self.analyse(), "value")
         self.sample.observe(self._pick, "index")
         self.index.observe(lambda c: self.select(c["new"]), "value")
-        self.widget = w.VBox([w.HBox([self.sample, self.relative]), self.text, self.html,
+        self.widget = w.VBox([w.HBox([self.sample, self.relative]), self.text, self.info, self.html,
                               w.HBox([w.VBox([self.index, self.image]), self.table])])
         self.analyse()
 
@@ -433,7 +433,7 @@ class PauseExplorer(_Widget):
             self.text.value = self.samples[change["new"] - 1]
 
     def analyse(self, text: str | None = None) -> dict:
-        "Score `text` (default: the text box) with the model; sets `ids`, `pieces`, `pauses`, `colours`, `s`, `d`, the HTML and table."
+        "Score `text` (default: the text box) with the model; sets `ids`, `pieces`, `pauses`, `colours`, `s`, `d`, `config`, the HTML and table."
         if text is not None and text != self.text.value:
             self.text.value = text  # the observer calls analyse() again
             return self.state
@@ -446,6 +446,8 @@ class PauseExplorer(_Widget):
         ids_t = torch.tensor([ids])
         st = score_fixed(self.model, ids_t, dk_prior=self.dk_prior, omega=self.omega)
         ep = st["expected_pauses"][0]
+        self.config = st["config"]  # the ψ′ and ω it was read with: the model's loss_config unless passed
+        self.info.value = f"<small>decoded with {html.escape(str(self.config))}</small>"
         self.ids = ids
         self.pieces = [self.tokenizer.decode([i]) for i in ids]
         self.pauses = [float("nan")] + ep[:-1].tolist()  # pauses spent before token j = at token j-1
@@ -453,7 +455,7 @@ class PauseExplorer(_Widget):
         stats = pause_stats_by_token(ids_t, st["expected_pauses"], st["mask"], min_count=1,
                                      decode=lambda x: self.tokenizer.decode(x), by="target")
         self.stats = sorted(stats, key=lambda r: -r["mean"])
-        self.state = {"ids": ids, "pauses": self.pauses, "mean_pauses": st["mean_pauses"], "stats": self.stats}
+        self.state = {"ids": ids, "pauses": self.pauses, "mean_pauses": st["mean_pauses"], "stats": self.stats, "config": self.config}
         self.index.max = len(ids) - 1
         self.table.value = self._table()
         self.select(min(self.index.value, len(ids) - 1))

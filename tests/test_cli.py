@@ -504,3 +504,23 @@ def test_demo_size_checks(tmp_path, capsys):
     assert "--size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="size"):
         demo_base_config("huge")
+
+
+def test_generate_and_eval_say_which_dk_prior_they_used(checkpoints, capsys):
+    "Without --dk-prior the decoder reads the checkpoint's loss (the model's loss_config); with it, the value passed; both are printed."
+    from cyb_nb.cli import _with_loss_config
+    from cyb_nb.losses import LossConfig
+    from cyb_nb.train import load_model
+    path, prompt = checkpoints["tinygpt"]
+    model, cfg, _ = load_model(path)
+    assert cfg is not None and _with_loss_config(model, cfg) is model.loss_config
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "3", "--seed", "0"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert f"ψ′ = {cfg.dk_prior:g}" in last and "(the model's loss_config)" in last
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "3", "--seed", "0", "--dk-prior", "0.5"]) == 0
+    assert "ψ′ = 0.5 (passed)" in capsys.readouterr().out.splitlines()[-1]
+    assert main(["eval", str(path), "--batches", "1"]) == 0
+    assert f"δ prior ψ′ = {cfg.dk_prior:g} (the model's loss_config)" in capsys.readouterr().out
+    own = LossConfig("ap", dk_prior=0.5)
+    model.loss_config = own  # a model that already carries its loss keeps it over the checkpoint's record
+    assert _with_loss_config(model, cfg) is own

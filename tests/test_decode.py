@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from cyb_nb.decode import (calibration, cached_step_logits, expected_latency_histogram, generate, head_readout,
+from cyb_nb.decode import (FROM_MODEL, DecodeConfig, ForceDontKnow, calibration, cached_step_logits, decode_config, expected_latency_histogram, generate, head_readout,
                            latency_histogram, pause_stats_by_token, pause_table, readout, sample_next, score_adaptive,
                            score_fixed, spearman, stream_generate, token_stats)
+from cyb_nb.losses import LossConfig
 from cyb_nb.losses import head_log_probs
 from cyb_nb.models import forward_steps
 from cyb_nb.train import make_model
@@ -188,36 +189,6 @@ def test_mass_rule_ends_are_recipe1_and_answer_at_once(model):
 # ---------------------------------------------------------------- statistics
 
 
-def test_spearman_vs_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    g = torch.Generator().manual_seed(0)
-    for n in [2, 3, 5, 17, 200]:
-        for ties in [False, True]:
-            x = torch.randint(0, 4, (n,), generator=g).double() if ties else torch.randn(n, generator=g, dtype=torch.float64)
-            y = torch.randn(n, generator=g, dtype=torch.float64)
-            if x.unique().numel() < 2:
-                continue
-            ref = stats.spearmanr(x.numpy(), y.numpy()).statistic
-            assert abs(spearman(x, y) - ref) < 1e-10
-
-
-def test_calibration_vs_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    g = torch.Generator().manual_seed(1)
-    d, t = torch.rand(4, 30, 4, generator=g), torch.rand(4, 30, 4, generator=g)
-    mask = torch.rand(4, 30, generator=g) > 0.3
-    cal = calibration(d, t, mask)
-    assert len(cal) == 3
-    for i, c in enumerate(cal):
-        ref = stats.spearmanr(d[mask][:, i].numpy(), (t[mask][:, i + 1] - t[mask][:, i]).numpy())
-        assert abs(c["spearman"] - ref.statistic) < 1e-10 and c["n"] == int(mask.sum())
-
-
-def test_spearman_constant_warns():
-    with pytest.warns(UserWarning, match="constant"):
-        assert math.isnan(spearman(torch.ones(5), torch.arange(5.0)))
-
-
 def test_latency_histogram_sums_to_one(model):
     st = score_fixed(model, ids_(4, 10))
     h = latency_histogram(st["s"], st["mask"])
@@ -320,10 +291,6 @@ def test_bad_args(model):
         sample_next(torch.zeros(1, 3), 1.0, top_k=0)
     with pytest.raises(ValueError, match="omega"):
         score_adaptive(model, ids_(), omega=[1, 1])
-    with pytest.raises(ValueError, match="equal length"):
-        spearman(torch.zeros(3), torch.zeros(4))
-    with pytest.raises(ValueError, match="at least 2"):
-        spearman(torch.zeros(1), torch.zeros(1))
     with pytest.raises(ValueError, match="mask"):
         latency_histogram(torch.ones(2, 3, 4) / 4, torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="by"):
@@ -476,3 +443,100 @@ def test_batched_decoding_rejects_bad_arguments(model):
         generate_batch(model, BATCH_PROMPTS, 0)
     with pytest.raises(ValueError, match="prompt ids"):
         generate_batch(model, [[1, 2, V]], 4)
+
+
+# ---------------------------------------------------------------- decoding as the model was trained
+
+
+@pytest.fixture
+def trained_half(model):
+    "The fixture model with a loss_config that says it was trained with ψ′ = 0.5 (what train/finetune record)."
+    model.loss_config = LossConfig("ap", dk_prior=0.5)
+    yield model
+    model.loss_config = None
+
+
+def _decodes(m, **kw):
+    "Every decoder's output on `m`, as comparable tensors / lists, with its DecodeConfig."
+    ids = ids_(3, 7, seed=5)
+    out = {}
+    for name, r in (("score_fixed", score_fixed(m, ids, **kw)), ("score_adaptive", score_adaptive(m, ids, **kw))):
+        out[name] = (r["d"], r["config"])
+    for mode in ("fixed", "adaptive"):
+        g = generate(m, [1, 2, 3], 6, mode=mode, seed=0, **kw)
+        assert all(e.config == g["config"] for e in g["events"])
+        out[f"generate {mode}"] = (torch.tensor([e.d[0] for e in g["events"]]), g["config"])
+        b = generate_batch(m, [[1, 2, 3], [4, 5]], 5, mode=mode, seeds=[0, 1], **kw)
+        out[f"generate_batch {mode}"] = (torch.tensor([t for row in b["tokens"] for t in row] + [p for row in b["pauses"] for p in row]),
+                                         b["config"])
+    return out
+
+
+def test_decoders_default_to_the_models_dk_prior(trained_half):
+    own, half, ninety = _decodes(trained_half), _decodes(trained_half, dk_prior=0.5), _decodes(trained_half, dk_prior=0.9)
+    for k in own:
+        torch.testing.assert_close(own[k][0], half[k][0], msg=k)  # not naming ψ′ decodes with the model's 0.5
+        assert own[k][1] == DecodeConfig(0.5, None, "model", "model"), k
+        assert half[k][1].dk_prior_from == "explicit" and ninety[k][1] == DecodeConfig(0.9, None, "explicit", "model"), k
+    for k in ("score_fixed", "score_adaptive", "generate fixed", "generate adaptive"):  # d itself: 0.5 lowers it
+        assert (own[k][0] < ninety[k][0]).all(), k
+
+
+def test_no_loss_config_falls_back_to_0_9(model):
+    assert getattr(model, "loss_config", None) is None
+    plain, ninety, half = _decodes(model), _decodes(model, dk_prior=0.9), _decodes(model, dk_prior=0.5)
+    for k in plain:
+        torch.testing.assert_close(plain[k][0], ninety[k][0], msg=k)
+        assert plain[k][1] == DecodeConfig(0.9, None, "default", "default"), k
+    assert not torch.equal(plain["score_fixed"][0], half["score_fixed"][0])
+
+
+def test_omega_defaults_to_the_models_and_explicit_wins(model):
+    ids = ids_(3, 7, seed=6)
+    try:
+        model.loss_config = LossConfig("ap", omega=(1, 1, 1, 1))
+        for fn in (score_fixed, score_adaptive):
+            own, given, none = fn(model, ids), fn(model, ids, omega=(1, 1, 1, 1)), fn(model, ids, omega=None)
+            assert own["config"].omega == (1.0, 1.0, 1.0, 1.0) and own["config"].omega_from == "model"
+            torch.testing.assert_close(own["nll"], given["nll"])
+            assert not torch.equal(own["nll"], none["nll"]) and none["config"].omega_from == "explicit"
+        model.loss_config = LossConfig("ap", omega=(0, 0, 0, 1))  # all on the last step: no deadline, no deadline draws
+        assert decode_config(model).omega is None
+        torch.testing.assert_close(score_adaptive(model, ids, halt="sample")["nll"], score_adaptive(model, ids, halt="sample", omega=None)["nll"])
+        model.loss_config = LossConfig("va", rho=(1, 1, 1, 1))  # VA trains without a deadline
+        assert decode_config(model).omega is None
+    finally:
+        model.loss_config = None
+
+
+def test_decode_config_rejects_bad_values(model):
+    with pytest.raises(ValueError, match="dk_prior"):
+        decode_config(model, dk_prior=1.0)
+    with pytest.raises(TypeError, match="dk_prior"):
+        decode_config(model, dk_prior="0.5")
+    bad = nn.Module()
+    bad.loss_config = {"dk_prior": 0.5}
+    with pytest.raises(TypeError, match="LossConfig"):
+        decode_config(bad)
+    assert decode_config(model, dk_prior=None).dk_prior is None  # None = no shift, not "the model's"
+    assert repr(FROM_MODEL) == "FROM_MODEL"
+
+
+def test_force_dont_know_keeps_the_wrapped_models_loss_config(trained_half):
+    assert decode_config(ForceDontKnow(trained_half, 0.0)).dk_prior == 0.5
+
+
+def test_a_model_trained_with_dk_prior_half_decodes_with_it():
+    "Train a few steps with ψ′ = 0.5 and decode without naming it (needs train() to record model.loss_config)."
+    from cyb_nb.data import load_data
+    from cyb_nb.train import train
+    data = load_data("modsum", seq_len=16, n_train=64, n_val=8, seed=0)
+    m = make_model(data, "ap", size="tiny", seed=0)
+    train(m, data, LossConfig("ap", dk_prior=0.5), steps=3, batch_size=8, lr=3e-3, warmup=1, eval_every=3, progress=False)
+    if getattr(m, "loss_config", None) is None:
+        pytest.skip("train() does not record model.loss_config on this branch")
+    assert m.loss_config.dk_prior == 0.5
+    ids = data.val[:2]
+    own, half, ninety = score_fixed(m, ids), score_fixed(m, ids, dk_prior=0.5), score_fixed(m, ids, dk_prior=0.9)
+    torch.testing.assert_close(own["d"], half["d"])
+    assert own["config"].dk_prior_from == "model" and not torch.allclose(own["d"], ninety["d"])

@@ -244,3 +244,24 @@ def test_widget_output_carries_a_static_png_beside_the_live_view(monkeypatch):
     assert raw and set(bundle) >= {"application/vnd.jupyter.widget-view+json", "image/png", "text/plain"}
     assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert base64.b64decode(bundle["image/png"]) == ex.png()  # the same view, drawn by the widget's own code
+
+
+def test_pause_explorer_reads_d_as_the_model_was_trained(tiny_text):
+    "A model whose loss_config says ψ′ = 0.5 is explored with 0.5 unless another value is passed, and the widget says which."
+    from cyb_nb.losses import LossConfig
+    tok, model, _ = tiny_text
+    text = "hello world, hello again"
+    try:
+        model.loss_config = LossConfig("ap", dk_prior=0.5)
+        pe = PauseExplorer(model, tok, text=text)
+        ids = torch.tensor([pe.ids])
+        assert pe.pauses[1:] == pytest.approx(ref_expected_pauses(model, ids, 0.5)[:-1], abs=1e-4)
+        assert pe.config.dk_prior == 0.5 and pe.config.dk_prior_from == "model" and "loss_config" in pe.info.value
+        pe9 = PauseExplorer(model, tok, text=text, dk_prior=0.9)
+        assert pe9.pauses[1:] == pytest.approx(ref_expected_pauses(model, ids, 0.9)[:-1], abs=1e-4)
+        assert pe9.config.dk_prior_from == "explicit" and "passed" in pe9.info.value
+        model.loss_config = None
+        pe0 = PauseExplorer(model, tok, text=text)
+        assert pe0.pauses[1:] == pytest.approx(pe9.pauses[1:], abs=1e-6) and pe0.config.dk_prior_from == "default"
+    finally:
+        model.loss_config = None
