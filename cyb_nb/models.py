@@ -22,8 +22,8 @@ from .stream import PauseStream, PauseVocab, expand
 # %% auto #0
 __all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'PAUSE_INITS', 'INIT_NOISE', 'PADDED_ROWS', 'TinyGPTConfig',
            'rope_cos_sin', 'apply_rope', 'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'init_stds',
-           'TinyGPT', 'forward_steps', 'plot_attention_pattern', 'accepts_position_ids', 'new_rows', 'PauseLM',
-           'tiny_hf_lm', 'as_loss_config', 'loss_config_dict', 'describe_loss_config', 'pause_vocab_of',
+           'TinyGPT', 'forward_steps', 'plot_attention_pattern', 'as_loss_config', 'loss_config_dict',
+           'describe_loss_config', 'pause_vocab_of', 'accepts_position_ids', 'new_rows', 'PauseLM', 'tiny_hf_lm',
            'grow_pause_model', 'rare_token_ids']
 
 # %% ../nbs/05_models.ipynb #daf527ba
@@ -368,6 +368,46 @@ def plot_attention_pattern(stream: PauseStream, row: int = 0, ax=None, title: st
     if title: ax.set_title(title, fontsize=9)
     return ax
 
+# %% ../nbs/05_models.ipynb #a4413ef9
+def as_loss_config(loss_config) -> LossConfig:
+    "A `LossConfig` from a config, a name ('ap', 'va', 'dp', 'tbys', 'ce') or a dict of its fields."
+    if isinstance(loss_config, LossConfig):
+        return loss_config
+    if isinstance(loss_config, str):
+        return LossConfig.from_name(loss_config)
+    if isinstance(loss_config, dict):
+        d = dict(loss_config)
+        return LossConfig.from_name(d.pop("name", "ap"), **d)
+    raise TypeError(f"loss_config must be a LossConfig, a name like 'ap' or a dict, got {type(loss_config).__name__}")
+
+
+def loss_config_dict(loss_config) -> dict | None:
+    "The plain form of a loss config (JSON-ready: tensors and tuples become lists); None stays None."
+    if loss_config is None:
+        return None
+    cfg = as_loss_config(loss_config)
+    plain = lambda v: v.tolist() if isinstance(v, torch.Tensor) else (list(v) if isinstance(v, tuple) else v)
+    return {f: plain(getattr(cfg, f)) for f in cfg.__dataclass_fields__}
+
+
+def describe_loss_config(loss_config) -> str:
+    "A short label: the loss name and the fields that differ from its defaults, e.g. `'ap(dk_prior=0.5)'`."
+    d, default = loss_config_dict(loss_config), loss_config_dict(as_loss_config(loss_config).name)
+    changed = [f"{k}={v}" for k, v in d.items() if k != "name" and v != default[k]]
+    return d["name"] + (f"({', '.join(changed)})" if changed else "")
+
+
+def pause_vocab_of(model: nn.Module) -> PauseVocab:
+    "The model's `PauseVocab`: its `pause_vocab` attribute, or derived from a TinyGPT config (pauses right after the vocabulary)."
+    pv = getattr(model, "pause_vocab", None) or getattr(model, "vocab", None)  # TinyGPT from make_model / PauseLM
+    if isinstance(pv, PauseVocab):
+        return pv
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "n_outputs"):
+        V = cfg.n_outputs - 1
+        return PauseVocab(vocab_size=V, n_pauses=cfg.vocab_size - V)
+    raise ValueError("model must carry a `pause_vocab` (PauseVocab) attribute or a TinyGPT config; build it with make_model")
+
 # %% ../nbs/05_models.ipynb #98de4c65
 PAUSE_TOKEN = "<pause_{}>"  # format of the k-th pause token, k = 1..n_pauses
 DONT_KNOW_TOKEN = "<dont_know>"
@@ -580,46 +620,6 @@ def tiny_hf_lm(kind: str = "gpt2", words: list[str] | None = None, d_model: int 
                           bos_token_id=0, eos_token_id=0, pad_token_id=1)
         return LlamaForCausalLM(cfg), tok
     raise ValueError(f"kind must be 'gpt2' or 'llama', got {kind!r}")
-
-# %% ../nbs/05_models.ipynb #a4413ef9
-def as_loss_config(loss_config) -> LossConfig:
-    "A `LossConfig` from a config, a name ('ap', 'va', 'dp', 'tbys', 'ce') or a dict of its fields."
-    if isinstance(loss_config, LossConfig):
-        return loss_config
-    if isinstance(loss_config, str):
-        return LossConfig.from_name(loss_config)
-    if isinstance(loss_config, dict):
-        d = dict(loss_config)
-        return LossConfig.from_name(d.pop("name", "ap"), **d)
-    raise TypeError(f"loss_config must be a LossConfig, a name like 'ap' or a dict, got {type(loss_config).__name__}")
-
-
-def loss_config_dict(loss_config) -> dict | None:
-    "The plain form of a loss config (JSON-ready: tensors and tuples become lists); None stays None."
-    if loss_config is None:
-        return None
-    cfg = as_loss_config(loss_config)
-    plain = lambda v: v.tolist() if isinstance(v, torch.Tensor) else (list(v) if isinstance(v, tuple) else v)
-    return {f: plain(getattr(cfg, f)) for f in cfg.__dataclass_fields__}
-
-
-def describe_loss_config(loss_config) -> str:
-    "A short label: the loss name and the fields that differ from its defaults, e.g. `'ap(dk_prior=0.5)'`."
-    d, default = loss_config_dict(loss_config), loss_config_dict(as_loss_config(loss_config).name)
-    changed = [f"{k}={v}" for k, v in d.items() if k != "name" and v != default[k]]
-    return d["name"] + (f"({', '.join(changed)})" if changed else "")
-
-
-def pause_vocab_of(model: nn.Module) -> PauseVocab:
-    "The model's `PauseVocab`: its `pause_vocab` attribute, or derived from a TinyGPT config (pauses right after the vocabulary)."
-    pv = getattr(model, "pause_vocab", None) or getattr(model, "vocab", None)  # TinyGPT from make_model / PauseLM
-    if isinstance(pv, PauseVocab):
-        return pv
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "n_outputs"):
-        V = cfg.n_outputs - 1
-        return PauseVocab(vocab_size=V, n_pauses=cfg.vocab_size - V)
-    raise ValueError("model must carry a `pause_vocab` (PauseVocab) attribute or a TinyGPT config; build it with make_model")
 
 # %% ../nbs/05_models.ipynb #3db8b916
 def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", copy_rows=None, noise: float = INIT_NOISE,
