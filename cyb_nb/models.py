@@ -457,7 +457,7 @@ class PauseLM(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, n_pauses: int, pause_token: str = PAUSE_TOKEN,
                  dont_know_token: str = DONT_KNOW_TOKEN, vocab_size: int | None = None, init: str = "mean", copy_rows=None,
-                 noise: float = INIT_NOISE, seed: int | None = None, padded_rows: str = "init"):
+                 noise: float = INIT_NOISE, seed: int | None = 0, padded_rows: str = "init"):
         super().__init__()
         if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
             raise TypeError(f"model must be a transformers causal LM (nn.Module with get_input_embeddings), got {type(model).__name__}")

@@ -855,7 +855,7 @@ class FinetuneConfig:
             raise ValueError(f"lr must be a positive number or None (the loss's TUNED_LR), got {self.lr!r}")
 
     def lr_for(self, loss_config) -> float:
-        "The peak learning rate for a loss: `lr` if set, else the loss's entry of `TUNED_LR`."
+        "The peak learning rate for a loss on the package's base: `lr` if set, else the loss's entry of `TUNED_LR` (`finetune` asks `finetune_lr`, which also checks the base)."
         return self.lr if self.lr is not None else TUNED_LR[as_loss_config(loss_config).name]
 
 

@@ -63,7 +63,9 @@ def test_one_noise_default_everywhere():
     defaults = [inspect.signature(f).parameters["noise"].default
                 for f in (new_rows, PauseLM.__init__, PauseLM.from_base, grow_pause_model)]
     assert defaults == [INIT_NOISE] * 4 and FinetuneConfig().init_noise == INIT_NOISE
-    assert inspect.signature(PauseLM.from_base).parameters["init"].default == "mean"
+    for name, value in (("init", "mean"), ("seed", 0), ("padded_rows", "init")):
+        assert {inspect.signature(f).parameters[name].default for f in (PauseLM.__init__, PauseLM.from_base)} == {value}
+    assert inspect.signature(grow_pause_model).parameters["seed"].default == 0
 
 
 def _padded_gpt2(extra=8):
