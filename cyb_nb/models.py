@@ -16,13 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .losses import LossConfig
 from .stream import PauseStream, PauseVocab, expand
 
 # %% auto #0
-__all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'PAUSE_INITS', 'TinyGPTConfig', 'rope_cos_sin', 'apply_rope',
-           'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'init_stds', 'TinyGPT', 'forward_steps',
-           'plot_attention_pattern', 'accepts_position_ids', 'new_rows', 'PauseLM', 'tiny_hf_lm', 'grow_pause_model',
-           'rare_token_ids']
+__all__ = ['PAUSE_TOKEN', 'DONT_KNOW_TOKEN', 'SETTINGS_FILE', 'PAUSE_INITS', 'INIT_NOISE', 'PADDED_ROWS', 'TinyGPTConfig',
+           'rope_cos_sin', 'apply_rope', 'KVCache', 'chunk_causal_mask', 'Attention', 'MLP', 'Block', 'init_stds',
+           'TinyGPT', 'forward_steps', 'plot_attention_pattern', 'as_loss_config', 'loss_config_dict',
+           'describe_loss_config', 'pause_vocab_of', 'accepts_position_ids', 'new_rows', 'PauseLM', 'tiny_hf_lm',
+           'grow_pause_model', 'rare_token_ids']
 
 # %% ../nbs/05_models.ipynb #daf527ba
 @dataclass
@@ -239,6 +241,7 @@ class TinyGPT(nn.Module):
             self.head = nn.Linear(cfg.d_model, cfg.n_outputs, bias=False)
             self.dk_weight = None
         self.dk_bias = nn.Parameter(torch.zeros(1)) if cfg.dk_bias else None
+        self.loss_config: LossConfig | None = None  # the loss it was trained with: set by `train`, kept by checkpoints
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -365,6 +368,46 @@ def plot_attention_pattern(stream: PauseStream, row: int = 0, ax=None, title: st
     if title: ax.set_title(title, fontsize=9)
     return ax
 
+# %% ../nbs/05_models.ipynb #a4413ef9
+def as_loss_config(loss_config) -> LossConfig:
+    "A `LossConfig` from a config, a name ('ap', 'va', 'dp', 'tbys', 'ce') or a dict of its fields."
+    if isinstance(loss_config, LossConfig):
+        return loss_config
+    if isinstance(loss_config, str):
+        return LossConfig.from_name(loss_config)
+    if isinstance(loss_config, dict):
+        d = dict(loss_config)
+        return LossConfig.from_name(d.pop("name", "ap"), **d)
+    raise TypeError(f"loss_config must be a LossConfig, a name like 'ap' or a dict, got {type(loss_config).__name__}")
+
+
+def loss_config_dict(loss_config) -> dict | None:
+    "The plain form of a loss config (JSON-ready: tensors and tuples become lists); None stays None."
+    if loss_config is None:
+        return None
+    cfg = as_loss_config(loss_config)
+    plain = lambda v: v.tolist() if isinstance(v, torch.Tensor) else (list(v) if isinstance(v, tuple) else v)
+    return {f: plain(getattr(cfg, f)) for f in cfg.__dataclass_fields__}
+
+
+def describe_loss_config(loss_config) -> str:
+    "A short label: the loss name and the fields that differ from its defaults, e.g. `'ap(dk_prior=0.5)'`."
+    d, default = loss_config_dict(loss_config), loss_config_dict(as_loss_config(loss_config).name)
+    changed = [f"{k}={v}" for k, v in d.items() if k != "name" and v != default[k]]
+    return d["name"] + (f"({', '.join(changed)})" if changed else "")
+
+
+def pause_vocab_of(model: nn.Module) -> PauseVocab:
+    "The model's `PauseVocab`: its `pause_vocab` attribute, or derived from a TinyGPT config (pauses right after the vocabulary)."
+    pv = getattr(model, "pause_vocab", None) or getattr(model, "vocab", None)  # TinyGPT from make_model / PauseLM
+    if isinstance(pv, PauseVocab):
+        return pv
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "n_outputs"):
+        V = cfg.n_outputs - 1
+        return PauseVocab(vocab_size=V, n_pauses=cfg.vocab_size - V)
+    raise ValueError("model must carry a `pause_vocab` (PauseVocab) attribute or a TinyGPT config; build it with make_model")
+
 # %% ../nbs/05_models.ipynb #98de4c65
 PAUSE_TOKEN = "<pause_{}>"  # format of the k-th pause token, k = 1..n_pauses
 DONT_KNOW_TOKEN = "<dont_know>"
@@ -380,9 +423,11 @@ def accepts_position_ids(model: nn.Module) -> bool:
 
 
 PAUSE_INITS = ("mean", "copy", "random")  # how new <pause_k> (and δ) embedding rows start, see `new_rows`
+INIT_NOISE = 0.1  # the one default of every grower: "mean" rows = mean + INIT_NOISE · per-feature std · N(0, 1)
+PADDED_ROWS = ("init", "keep")  # a model whose embedding has spare rows: initialise the ones it reuses, or keep their values
 
 
-def new_rows(weight: torch.Tensor, n: int, init: str = "mean", copy_rows=None, noise: float = 0.1, std: float = 0.02,
+def new_rows(weight: torch.Tensor, n: int, init: str = "mean", copy_rows=None, noise: float = INIT_NOISE, std: float = 0.02,
              generator: torch.Generator | None = None) -> torch.Tensor:
     "Values `[n, d]` for embedding rows added after the trained rows of `weight`: 'mean' (+ `noise`·std), 'copy' of `copy_rows`, or 'random' N(0, std²)."
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] < 1:
@@ -412,7 +457,7 @@ class PauseLM(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, n_pauses: int, pause_token: str = PAUSE_TOKEN,
                  dont_know_token: str = DONT_KNOW_TOKEN, vocab_size: int | None = None, init: str = "mean", copy_rows=None,
-                 noise: float = 1.0, seed: int | None = None):
+                 noise: float = INIT_NOISE, seed: int | None = 0, padded_rows: str = "init"):
         super().__init__()
         if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
             raise TypeError(f"model must be a transformers causal LM (nn.Module with get_input_embeddings), got {type(model).__name__}")
@@ -425,7 +470,8 @@ class PauseLM(nn.Module):
             raise ValueError(f"pause_token must be a format string with '{{}}' for the pause number, got {pause_token!r}")
         tokens = [pause_token.format(k) for k in range(1, n_pauses + 1)] + [dont_know_token]
         present = [t for t in tokens if t in tokenizer.get_vocab()]
-        if vocab_size is None:  # fresh wrap: the tokens must be new
+        restoring = vocab_size is not None
+        if not restoring:  # fresh wrap: the tokens must be new
             if present:
                 raise ValueError(f"tokenizer already has the tokens {present}; they would conflict with the pause/<dont_know> tokens. "
                                  "Pass other names (pause_token=, dont_know_token=) or load a saved PauseLM with PauseLM.from_pretrained")
@@ -436,31 +482,42 @@ class PauseLM(nn.Module):
         ids = tokenizer.convert_tokens_to_ids(tokens)
         if min(ids) < vocab_size or len(set(ids)) != len(ids):
             raise ValueError(f"special token ids {ids} must be distinct and >= the real vocabulary size {vocab_size}")
+        if padded_rows not in PADDED_ROWS:
+            raise ValueError(f"padded_rows must be one of {PADDED_ROWS}, got {padded_rows!r}")
         n_rows = model.get_input_embeddings().weight.shape[0]
         if n_rows < vocab_size:
             raise ValueError(f"model has {n_rows} embedding rows but the tokenizer has {vocab_size} tokens; they do not belong together")
-        if max(ids) >= n_rows:  # rows the model lacks are added and initialised by `init` (pauses) and 'mean' (δ)
+        fresh = added = [i for i in ids if i >= n_rows]  # rows the model lacks: added and always initialised
+        if not restoring and padded_rows == "init":
+            fresh = list(ids)  # spare rows of a padded embedding are reused, and initialised like added ones
+        if added:
             model.resize_token_embeddings(max(ids) + 1)
+        if fresh:
             emb = model.get_input_embeddings().weight
             g = torch.Generator().manual_seed(seed) if seed is not None else None
-            added = [i for i in ids if i >= n_rows]
-            added_pauses = [i for i in ids[:-1] if i >= n_rows]
+            pauses = [i for i in ids[:-1] if i in fresh]
             with torch.no_grad():
-                if added_pauses:
-                    emb[added_pauses] = new_rows(emb[:vocab_size], len(added_pauses), init, copy_rows, noise, generator=g)
-                if ids[-1] in added:
+                if pauses:  # pauses: `init`; δ: the mean row (+ noise), the neutral start the prior shift then moves
+                    emb[pauses] = new_rows(emb[:vocab_size], len(pauses), init, copy_rows, noise, generator=g)
+                if ids[-1] in fresh:
                     emb[ids[-1:]] = new_rows(emb[:vocab_size], 1, "mean", None, noise, generator=g)
+                head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+                if head is not None and head.weight.data_ptr() != emb.data_ptr():  # untied head: δ's output row (and the
+                    head.weight[fresh] = head.weight[:vocab_size].float().mean(0).to(head.weight.dtype)  # unused pause rows) = mean real row
         self.lm, self.tokenizer = model, tokenizer
+        self.loss_config: LossConfig | None = None  # the loss it was trained with: set by `train`, saved by `save_pretrained`
         self.pause_token, self.dont_know_token = pause_token, dont_know_token
         self.pause_vocab = PauseVocab(vocab_size=vocab_size, n_pauses=n_pauses, pause_ids=tuple(ids[:-1]))
         self.dont_know_id = ids[-1]
 
     @classmethod
-    def from_base(cls, path: str | os.PathLike, n_pauses: int = 3, tokenizer=None, **model_kwargs) -> "PauseLM":
-        "Load a pretrained causal LM (+ its tokenizer) from a local `path` with `AutoModelForCausalLM` and add `n_pauses` pauses and δ."
+    def from_base(cls, path: str | os.PathLike, n_pauses: int = 3, tokenizer=None, init: str = "mean", copy_rows=None,
+                  noise: float = INIT_NOISE, seed: int | None = 0, padded_rows: str = "init", **model_kwargs) -> "PauseLM":
+        "Load a pretrained causal LM (+ its tokenizer) from a local `path` with `AutoModelForCausalLM` and add `n_pauses` pauses and δ (rows as `grow_pause_model` makes them)."
         from transformers import AutoModelForCausalLM, AutoTokenizer
         tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-        return cls(AutoModelForCausalLM.from_pretrained(path, **model_kwargs), tok, n_pauses)
+        return cls(AutoModelForCausalLM.from_pretrained(path, **model_kwargs), tok, n_pauses, init=init, copy_rows=copy_rows,
+                   noise=noise, seed=seed, padded_rows=padded_rows)
 
     @property
     def config(self):
@@ -515,14 +572,15 @@ class PauseLM(nn.Module):
         return self.lm.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
 
     def save_pretrained(self, path: str | os.PathLike):
-        "Save model, tokenizer and the pause settings (`cyb_pause_lm.json`) to the directory `path`."
+        "Save model, tokenizer and the pause settings with the loss config it was trained with (`cyb_pause_lm.json`) to the directory `path`."
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.lm.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         pv = self.pause_vocab
         settings = dict(format=1, vocab_size=pv.vocab_size, n_pauses=pv.n_pauses, pause_ids=list(pv.pause_ids),
-                        dont_know_id=self.dont_know_id, pause_token=self.pause_token, dont_know_token=self.dont_know_token)
+                        dont_know_id=self.dont_know_id, pause_token=self.pause_token, dont_know_token=self.dont_know_token,
+                        loss_config=loss_config_dict(self.loss_config))
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
 
     @classmethod
@@ -538,6 +596,7 @@ class PauseLM(nn.Module):
         if list(m.pause_vocab.pause_ids) != st["pause_ids"] or m.dont_know_id != st["dont_know_id"]:
             raise ValueError(f"tokenizer ids of the special tokens changed: saved {st['pause_ids']}+[{st['dont_know_id']}], "
                              f"loaded {list(m.pause_vocab.pause_ids)}+[{m.dont_know_id}]")
+        m.loss_config = as_loss_config(st["loss_config"]) if st.get("loss_config") is not None else None
         return m
 
 # %% ../nbs/05_models.ipynb #95e0b34e
@@ -563,18 +622,9 @@ def tiny_hf_lm(kind: str = "gpt2", words: list[str] | None = None, d_model: int 
     raise ValueError(f"kind must be 'gpt2' or 'llama', got {kind!r}")
 
 # %% ../nbs/05_models.ipynb #3db8b916
-def _tinygpt_pause_vocab(model: TinyGPT) -> PauseVocab:
-    "A TinyGPT's `PauseVocab`: its `pause_vocab` attribute, else derived from its config (pause rows after the real ones)."
-    pv = getattr(model, "pause_vocab", None)
-    if isinstance(pv, PauseVocab):
-        return pv
-    V = model.config.n_outputs - 1
-    return PauseVocab(vocab_size=V, n_pauses=model.config.vocab_size - V)
-
-
-def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", copy_rows=None, noise: float = 0.1,
-                     seed: int = 0, tokenizer=None) -> nn.Module:
-    "A pause model grown from a trained no-pause `base` (TinyGPT, or a `transformers` causal LM + `tokenizer` → `PauseLM`); `base` is untouched."
+def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", copy_rows=None, noise: float = INIT_NOISE,
+                     seed: int = 0, tokenizer=None, in_place: bool = False, padded_rows: str = "init") -> nn.Module:
+    "A pause model grown from a trained no-pause `base` (TinyGPT, or a `transformers` causal LM + `tokenizer` → `PauseLM`); `base` is untouched unless `in_place`."
     import copy
     if not isinstance(n_pauses, int) or isinstance(n_pauses, bool) or n_pauses < 0:
         raise ValueError(f"n_pauses must be an int >= 0 (W_max - 1), got {n_pauses!r}")
@@ -582,13 +632,13 @@ def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", cop
         raise ValueError(f"base is already a PauseLM with {base.pause_vocab.n_pauses} pauses; grow takes the no-pause model (base.lm)")
     g = torch.Generator().manual_seed(int(seed))
     if isinstance(base, TinyGPT):
-        pv = _tinygpt_pause_vocab(base)
+        pv = pause_vocab_of(base)
         if pv.n_pauses:
             raise ValueError(f"base already has {pv.n_pauses} pause rows (vocab_size={base.config.vocab_size} inputs for "
                              f"{pv.vocab_size} real tokens); grow takes a no-pause model such as `pretrained_base()`")
         if tokenizer is not None:
             raise TypeError("tokenizer is only for transformers models; a TinyGPT's vocabulary is its config")
-        model = copy.deepcopy(base)
+        model = base if in_place else copy.deepcopy(base)
         if n_pauses:
             E = base.tok_emb.weight
             rows = new_rows(E, n_pauses, init, copy_rows, noise, generator=g)
@@ -598,12 +648,15 @@ def grow_pause_model(base: nn.Module, n_pauses: int = 3, init: str = "mean", cop
             model.config = copy.deepcopy(base.config)
             model.config.vocab_size = pv.vocab_size + n_pauses
         model.pause_vocab = PauseVocab(vocab_size=pv.vocab_size, n_pauses=n_pauses)
+        model.loss_config = None  # not trained with pauses yet (the base's CE does not carry over)
         return model
     if hasattr(base, "get_input_embeddings") and accepts_position_ids(base):
         if tokenizer is None:
             raise TypeError("growing a transformers model needs its tokenizer: grow_pause_model(model, n_pauses, tokenizer=tok)")
+        if in_place:  # the base object and its tokenizer become the pause model's: no second copy of the weights
+            return PauseLM(base, tokenizer, n_pauses, init=init, copy_rows=copy_rows, noise=noise, seed=int(seed), padded_rows=padded_rows)
         return PauseLM(copy.deepcopy(base), copy.deepcopy(tokenizer), n_pauses, init=init, copy_rows=copy_rows, noise=noise,
-                       seed=int(seed))
+                       seed=int(seed), padded_rows=padded_rows)
     raise TypeError(f"base must be a TinyGPT or a transformers causal LM (with get_input_embeddings and position_ids), "
                     f"got {type(base).__name__}")
 

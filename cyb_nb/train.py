@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -22,18 +19,26 @@ from torch import nn
 from .data import check_seed
 from .data import BatchSampler
 from .losses import LossConfig
-from .models import PauseLM, TinyGPT, TinyGPTConfig, forward_steps, grow_pause_model
+from .models import (INIT_NOISE, PauseLM, TinyGPT, TinyGPTConfig, as_loss_config, describe_loss_config, forward_steps,
+                           grow_pause_model, pause_vocab_of)
+from .runs import (CHECKPOINT_FORMAT, PIPE_REFRESH_S, RUN_FILES, StopSignals, TrainingInterrupted, _nonfinite_message, _plain,
+                         _same, check_writable, load_checkpoint, prepare_output_dir, progress_bar, save_checkpoint)
 from .stream import IGNORE_INDEX, PauseVocab, sample_pause_counts
 
+# moved to cyb_nb.models (as_loss_config, pause_vocab_of) and cyb_nb.runs (Appendix C); still importable from here
+_all_ = ["as_loss_config", "pause_vocab_of", "CHECKPOINT_FORMAT", "PIPE_REFRESH_S", "RUN_FILES", "StopSignals", "TrainingInterrupted",
+         "check_writable", "load_checkpoint", "prepare_output_dir", "progress_bar", "save_checkpoint"]
+
 # %% auto #0
-__all__ = ['MODEL_SIZES', 'CHECKPOINT_FORMAT', 'RUN_FILES', 'PIPE_REFRESH_S', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT',
-           'TUNED_LR', 'MODEL_DIR', 'Splits', 'as_splits', 'as_loss_config', 'pauses_for', 'make_model',
-           'pause_vocab_of', 'pick_device', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
-           'check_writable', 'prepare_output_dir', 'TrainingInterrupted', 'StopSignals', 'check_resumable',
-           'progress_bar', 'History', 'cosine_schedule', 'check_pause_counts', 'train_pause_counts', 'make_optimizer',
-           'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops', 'train_memory', 'BaseConfig',
-           'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base', 'save_base', 'load_base',
-           'pretrained_base', 'FinetuneConfig', 'finetune', 'load_base_model', 'load_model']
+__all__ = ['MODEL_SIZES', 'STATE_BYTES_PER_PARAM', 'SHARDINGS', 'BASE_FORMAT', 'TUNED_LR', 'TUNED_WIDTH', 'MODEL_DIR', 'Splits',
+           'as_splits', 'pauses_for', 'make_model', 'pick_device', 'evaluate', 'model_from_checkpoint',
+           'check_resumable', 'History', 'cosine_schedule', 'check_pause_counts', 'train_pause_counts',
+           'make_optimizer', 'train', 'TokenDataset', 'cyb_trainer_class', 'matmul_params', 'train_flops',
+           'train_memory', 'BaseConfig', 'base_cache_dir', 'data_fingerprint', 'base_key', 'base_data', 'pretrain_base',
+           'save_base', 'load_base', 'pretrained_base', 'model_width', 'finetune_lr', 'FinetuneConfig', 'finetune',
+           'load_base_model', 'load_model', 'as_loss_config', 'pause_vocab_of', 'CHECKPOINT_FORMAT', 'PIPE_REFRESH_S',
+           'RUN_FILES', 'StopSignals', 'TrainingInterrupted', 'check_writable', 'load_checkpoint', 'prepare_output_dir',
+           'progress_bar', 'save_checkpoint']
 
 # %% ../nbs/07_train.ipynb #3b5e2806
 @dataclass
@@ -114,18 +119,6 @@ MODEL_SIZES = {
 }
 
 
-def as_loss_config(loss_config) -> LossConfig:
-    "A `LossConfig` from a config, a name ('ap', 'va', 'dp', 'tbys', 'ce') or a dict of its fields."
-    if isinstance(loss_config, LossConfig):
-        return loss_config
-    if isinstance(loss_config, str):
-        return LossConfig.from_name(loss_config)
-    if isinstance(loss_config, dict):
-        d = dict(loss_config)
-        return LossConfig.from_name(d.pop("name", "ap"), **d)
-    raise TypeError(f"loss_config must be a LossConfig, a name like 'ap' or a dict, got {type(loss_config).__name__}")
-
-
 def pauses_for(loss_config, default: int = 3) -> int:
     "Pauses per real token a loss config implies: 0 for CE, len(omega) - 1 when omega is given, else `default`."
     cfg = as_loss_config(loss_config)
@@ -163,17 +156,6 @@ def make_model(data, loss_config=None, n_pauses: int | None = None, size: str | 
     return model
 
 
-def pause_vocab_of(model: nn.Module) -> PauseVocab:
-    "The model's `PauseVocab`: its `pause_vocab` attribute, or derived from a TinyGPT config (pauses right after the vocabulary)."
-    pv = getattr(model, "pause_vocab", None) or getattr(model, "vocab", None)  # TinyGPT from make_model / PauseLM
-    if isinstance(pv, PauseVocab):
-        return pv
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "n_outputs"):
-        V = cfg.n_outputs - 1
-        return PauseVocab(vocab_size=V, n_pauses=cfg.vocab_size - V)
-    raise ValueError("model must carry a `pause_vocab` (PauseVocab) attribute or a TinyGPT config; build it with make_model")
-
 # %% ../nbs/07_train.ipynb #f55cf36d
 def pick_device(device=None) -> torch.device:
     "The device to train on: `device` if given, else CUDA when available, else CPU."
@@ -208,10 +190,16 @@ def _expected_pauses(cfg: LossConfig, step_logits, targets, step_mask, W: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, loss_config, batch_size: int = 32, max_batches: int | None = None, device=None,
+def evaluate(model: nn.Module, data, loss_config=None, batch_size: int = 32, max_batches: int | None = None, device=None,
              amp=None, per_token: bool = False, difficulty: torch.Tensor | None = None) -> dict:
-    "Mean NLL per real token (nats and bits), perplexity and mean expected pauses of `model` on `data` (its val split, or ids [N, T])."
-    cfg = as_loss_config(loss_config)
+    "Mean NLL per real token (nats and bits), perplexity and mean expected pauses of `model` on `data` (its val split, or ids [N, T]), read with `loss_config` (default: the model's own)."
+    if loss_config is None:
+        if getattr(model, "loss_config", None) is None:
+            raise ValueError("the model carries no loss_config (it was not trained with `train`, or was loaded without one); "
+                             "pass loss_config= (e.g. 'ap' or LossConfig('ap', dk_prior=0.5)) to say how to read its δ")
+        cfg, source = as_loss_config(model.loss_config), "model"
+    else:
+        cfg, source = as_loss_config(loss_config), "argument"
     if isinstance(data, torch.Tensor):
         ids = _check_seqs(data, "data")
     else:
@@ -238,7 +226,8 @@ def evaluate(model: nn.Module, data, loss_config, batch_size: int = 32, max_batc
     n = int(mask.sum())
     mean_nll = float(nll[mask].double().mean())
     out = {"nll": mean_nll, "bits": mean_nll / math.log(2), "ppl": math.exp(min(mean_nll, 700.0)),
-           "mean_pauses": float(ep[mask].double().mean()), "n_tokens": n}
+           "mean_pauses": float(ep[mask].double().mean()), "n_tokens": n,
+           "loss_config": describe_loss_config(cfg), "loss_config_from": source}
     if difficulty is not None:
         difficulty = difficulty.to(mask.device)
         for lvl in sorted(set(difficulty[mask].tolist())):
@@ -255,80 +244,8 @@ def evaluate(model: nn.Module, data, loss_config, batch_size: int = 32, max_batc
     return out
 
 # %% ../nbs/07_train.ipynb #3821b7b6
-CHECKPOINT_FORMAT = "cyb_nb.checkpoint/1"
-
-
-def _plain(x):
-    "Dataclasses → dicts, tensors kept, tuples → lists, recursively (so weights_only loading works)."
-    if is_dataclass(x) and not isinstance(x, type):
-        return {f.name: _plain(getattr(x, f.name)) for f in fields(x)}
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, torch.device):
-        return str(x)
-    return x
-
-
-def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, step: int = 0, loss_config=None,
-                    sampler: BatchSampler | None = None, history=None, extra: dict | None = None) -> Path:
-    "Write a checkpoint atomically (temp file in the same directory + `os.replace`) and return its path."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pv = pause_vocab_of(model)
-    obj = {
-        "format": CHECKPOINT_FORMAT,
-        "model_class": type(model).__name__,
-        "model_config": _plain(model.config) if hasattr(model, "config") and is_dataclass(model.config) else None,
-        "pause_vocab": {"vocab_size": pv.vocab_size, "n_pauses": pv.n_pauses, "pause_ids": list(pv.pause_ids)},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "step": int(step),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "sampler": sampler.state_dict() if sampler is not None else None,
-        "loss_config": _plain(as_loss_config(loss_config)) if loss_config is not None else None,
-        "history": [dict(r) for r in history] if history is not None else [],
-        "extra": _plain(extra or {}),
-    }
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # mode from the umask, as open() gives
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    "Read a checkpoint written by `save_checkpoint`; a missing or corrupt file raises an error naming `path`."
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # keep torch's fault, not its advice to drop weights_only
-        detail = next((lines[i + 1] for i, l in enumerate(lines[:-1]) if "WeightsUnpickler error" in l), lines[0] if lines else "")
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint that loads with weights_only=True "
-                         f"({type(e).__name__}{': ' + detail if detail else ', an empty or truncated file'})") from e
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a cyb_nb checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return obj
-
-
 def model_from_checkpoint(ckpt) -> tuple[nn.Module, LossConfig | None]:
-    "Rebuild the TinyGPT stored in a checkpoint (a path or a loaded dict) with its weights, and its loss config."
+    "Rebuild the TinyGPT stored in a checkpoint (a path or a loaded dict) with its weights and its loss config (also set as `model.loss_config`)."
     ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
     if ck.get("model_config") is None or ck.get("model_class") != "TinyGPT":
         raise ValueError(f"checkpoint holds a {ck.get('model_class')!r}; only TinyGPT checkpoints can be rebuilt without the model object")
@@ -337,117 +254,10 @@ def model_from_checkpoint(ckpt) -> tuple[nn.Module, LossConfig | None]:
     model.pause_vocab = PauseVocab(pvd["vocab_size"], pvd["n_pauses"], tuple(pvd["pause_ids"]))
     model.load_state_dict(ck["model"])
     lc = ck.get("loss_config")
-    return model, (as_loss_config(lc) if lc is not None else None)
+    model.loss_config = as_loss_config(lc) if lc is not None else None
+    return model, model.loss_config
 
 # %% ../nbs/07_train.ipynb #a671c216
-RUN_FILES = ("checkpoint.pt", "history.jsonl")  # what `train` writes into a run's folder
-
-
-def _writable_folder(folder, what: str) -> Path:
-    "Create `folder` if needed and check that it takes new files; otherwise a ValueError naming `what` and the folder."
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {str(folder)!r} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"{what} {str(folder)!r} cannot be created or written ({e.strerror or e})") from None
-    return folder
-
-
-def check_writable(path, what: str = "path") -> Path:
-    "Check, before any work, that a file can be written at `path`: it is not a folder, and its folder exists (or can be made) and takes new files."
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} is a folder; a file has to be written there")
-    _writable_folder(path.parent, f"the folder of {what}")
-    return path
-
-
-def prepare_output_dir(out, resume=None, overwrite: bool = False, files: Sequence[str] = RUN_FILES) -> Path:
-    "Create and check a run's folder before training: one that holds anything is refused unless resuming or `overwrite` (which deletes `files`)."
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out {str(out)!r} is a file, not a folder")
-    try:
-        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    except OSError as e:
-        raise ValueError(f"out {str(out)!r} cannot be read ({e.strerror or e})") from None
-    if held and resume is None and not overwrite:
-        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        raise ValueError(f"out {str(out)!r} is not empty (it holds {shown}): resume the run it holds, overwrite it explicitly, "
-                         "or choose a new folder")
-    _writable_folder(out, "out")
-    for name in files:
-        check_writable(out / name, "run file")
-    if overwrite and resume is None:
-        for name in files:
-            (out / name).unlink(missing_ok=True)
-    return out
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    "Raised by `train` after SIGINT/SIGTERM, once the step in flight is done and checkpointed: `signal`, `step`, `checkpoint`, `history`."
-
-    def __init__(self, signal_name: str, step: int, checkpoint, history):
-        super().__init__(f"{signal_name} received: training stopped after step {step}; its checkpoint is {str(checkpoint)!r} "
-                         f"(continue with resume={str(checkpoint)!r})")
-        self.signal, self.step, self.checkpoint, self.history = signal_name, step, Path(checkpoint), history
-
-
-class StopSignals:
-    "While installed (main thread only), SIGINT/SIGTERM set `received` to the signal's name instead of interrupting; a second one interrupts at once."
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self):
-        self.received, self._previous = None, {}
-
-    def install(self) -> "StopSignals":
-        "Replace the handlers of SIGINT and SIGTERM (a no-op outside the main thread, where Python cannot catch signals)."
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                sig = getattr(signal, name)
-                self._previous[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._handle)
-        return self
-
-    def restore(self):
-        "Put the previous handlers back."
-        for sig, old in self._previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.received is not None:  # asked twice: stop now, as without the handler
-            self.restore()
-            raise KeyboardInterrupt(f"second signal ({name}) while finishing the step after {self.received}")
-        self.received = name
-
-    def __enter__(self):
-        return self.install()
-
-    def __exit__(self, *exc):
-        self.restore()
-        return False
-
-
-def _same(a, b) -> bool:
-    "Equality of plain configs (dicts, lists, numbers) where tensors compare by value."
-    a, b = _plain(a), _plain(b)
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.as_tensor(a).tolist() == torch.as_tensor(b).tolist()
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def check_resumable(ckpt, model: nn.Module, loss_config, steps: int, data=None) -> dict:
     "Check that `train(model, data, loss_config, steps, resume=ckpt)` continues the checkpoint's run; return the loaded checkpoint."
     ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
@@ -477,25 +287,6 @@ def check_resumable(ckpt, model: nn.Module, loss_config, steps: int, data=None) 
                          "resume on the same data")
     return ck
 
-
-def _nonfinite_message(what: str, step: int, lr: float, last_saved) -> str:
-    "Why training stopped on a NaN/inf, and what is left on disk."
-    kept = (f"the last checkpoint, of step {last_saved[0]}, is {str(last_saved[1])!r}" if last_saved else "no checkpoint was written")
-    return (f"non-finite {what} at step {step}: training stopped before this update and saved nothing from it ({kept}); "
-            f"lower the learning rate (lr={lr}) or check the data")
-
-# %% ../nbs/07_train.ipynb #e6da723b
-PIPE_REFRESH_S = 10.0  # seconds between redraws of a progress bar whose output is a file or a pipe
-
-
-def progress_bar(total: int, initial: int = 0, disable: bool = False, desc: str | None = None, file=None):
-    "A tqdm bar: live in Jupyter and on a terminal; to a file or pipe it redraws at most every `PIPE_REFRESH_S` s (bounded log lines)."
-    import sys
-    from tqdm.auto import tqdm
-    f = sys.stderr if file is None else file
-    live = tqdm.__module__.startswith("tqdm.notebook") or bool(getattr(f, "isatty", lambda: False)())
-    kw = {} if live else dict(mininterval=PIPE_REFRESH_S, maxinterval=max(PIPE_REFRESH_S, 10.0))
-    return tqdm(total=total, initial=initial, disable=disable, desc=desc, dynamic_ncols=live, file=f, **kw)
 
 # %% ../nbs/07_train.ipynb #c59a6498
 class History(list):
@@ -625,6 +416,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
         raise ValueError(f"the checkpoint was trained with pause_counts={theirs} but this run asks for pause_counts={pause_counts}; "
                          "resume with the same pause_counts")
     model.to(dev)
+    model.loss_config = cfg  # the model now carries how it is trained: evaluate, decoders and checkpoints read it
     torch.manual_seed(seed)
     sampler = BatchSampler(sp.train, batch_size, seed)
     opt = make_optimizer(model, lr, weight_decay)
@@ -686,7 +478,7 @@ def train(model: nn.Module, data, loss_config="ap", steps: int = 200, batch_size
                    "grad_norm": gn, "tokens": tokens, "time": time.perf_counter() - t0}
             if step % eval_every == 0 or step == steps:
                 ev = evaluate(model, sp, cfg, batch_size=eval_batch_size or batch_size, max_batches=eval_batches, amp=amp)
-                row.update({("val_pauses" if k == "mean_pauses" else f"val_{k}"): v for k, v in ev.items() if k != "n_tokens"})
+                row.update({("val_pauses" if k == "mean_pauses" else f"val_{k}"): v for k, v in ev.items() if k not in ("n_tokens", "loss_config", "loss_config_from")})
                 bar.set_postfix(loss=f"{total:.3f}", val_bits=f"{ev['bits']:.3f}", pauses=f"{ev['mean_pauses']:.2f}", refresh=False)
             else:
                 bar.set_postfix(loss=f"{total:.3f}", refresh=False)
@@ -775,10 +567,15 @@ def cyb_trainer_class() -> type:
     class CYBTrainer(Trainer):
         "A `transformers.Trainer` whose loss is a CYB/TBYS/CE `LossConfig` on the pause stream built from real-token `input_ids`; the global loss is the mean over every real token of the accumulated, all-rank batch."
 
-        def __init__(self, *args, loss_config="ap", pause_vocab: PauseVocab | None = None, **kwargs):
+        def __init__(self, *args, loss_config="ap", pause_vocab: PauseVocab | None = None, pause_counts=None, **kwargs):
             self.loss_config = as_loss_config(loss_config)
             super().__init__(*args, **kwargs)
             self.pause_vocab = pause_vocab or pause_vocab_of(self.model)
+            # Recipe 2: the world's pauses per token, W - 1 with W ~ Cat(pause_counts), drawn per training micro-batch (as `train`)
+            self.pause_counts = check_pause_counts(pause_counts, self.pause_vocab.W_max)
+            self._draws = 0
+            if hasattr(self.model, "loss_config"):  # the model records how it is trained, as with `train`
+                self.model.loss_config = self.loss_config
             if self.args.label_names is None:
                 self.label_names = ["labels"]  # keeps TokenDataset's `labels` column and makes the Trainer count them
             # Our loss normalises by `num_items_in_batch` (the real targets of the whole accumulated batch, summed over
@@ -788,7 +585,12 @@ def cyb_trainer_class() -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             "The loss of this micro-batch: its share Σ_t ℓ_t / N of the mean over the N real tokens of the global batch (see the contract above)."
             ids = inputs["input_ids"]
-            step_logits, stream = forward_steps(model, ids, self.pause_vocab)
+            counts = None
+            if self.pause_counts is not None and model.training:  # draw k of rank r: seeded by (seed, r, k), like train's
+                seed = (int(self.args.seed) + 1_000_003 * int(self.args.process_index)) % 2**63
+                counts = train_pause_counts(self.pause_counts, tuple(ids.shape), seed, self._draws, device=ids.device)
+                self._draws += 1
+            step_logits, stream = forward_steps(model, ids, self.pause_vocab, counts=counts)
             targets = inputs.get("labels")
             targets = stream.targets if targets is None else targets
             if targets.shape != ids.shape:
@@ -1003,6 +805,34 @@ def pretrained_base(config: BaseConfig | None = None, data=None, cache_dir=None,
 
 # %% ../nbs/07_train.ipynb #7dc19ebc
 TUNED_LR = {"ce": 3e-4, "tbys": 3e-3, "ap": 1e-3, "va": 1e-3, "dp": 1e-3}  # peak fine-tuning lr per loss (benchmarks/regime_sweep.py)
+TUNED_WIDTH = 64  # TUNED_LR was tuned on the package's base: a TinyGPT of BaseConfig() size (d_model = 64, 2 layers, 4 heads)
+
+
+def model_width(model: nn.Module) -> int | None:
+    "The residual width d of a TinyGPT, a PauseLM or a `transformers` model (`hidden_size`, `n_embd` or `d_model`); None if unknown."
+    cfg = getattr(model, "config", None)
+    for attr in ("d_model", "hidden_size", "n_embd"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def finetune_lr(base: nn.Module, loss_config, lr: float | None = None) -> tuple[float, str]:
+    "The peak lr `finetune` uses and why: `lr` if given; `TUNED_LR` on the base it was tuned on; else `TUNED_LR × TUNED_WIDTH / d` (lr ∝ 1/width)."
+    name = as_loss_config(loss_config).name
+    if lr is not None:
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        return float(lr), "given"
+    size = BaseConfig().size
+    if isinstance(base, TinyGPT) and all(getattr(base.config, k) == v for k, v in size.items()):
+        return TUNED_LR[name], f"TUNED_LR[{name!r}], tuned on this base's size (d_model={size['d_model']}, {size['n_layers']} layers)"
+    d = model_width(base)
+    if d is None:
+        raise ValueError(f"cannot tell the width of a {type(base).__name__} to scale TUNED_LR to it; pass lr= (FinetuneConfig(lr=...) "
+                         "or finetune(..., lr=...))")
+    return TUNED_LR[name] * TUNED_WIDTH / d, f"TUNED_LR[{name!r}] × {TUNED_WIDTH}/d_model with d_model = {d} (rule lr ∝ 1/width; not tuned for this base)"
 
 
 @dataclass(frozen=True)
@@ -1010,12 +840,12 @@ class FinetuneConfig:
     "How a grown base is fine-tuned (the same for every recipe): optimisation and the init of the new pause rows."
     steps: int = 1500  # two epochs of the 'finetune' half of the text (2997 rows of 64 tokens) at 4 rows per step
     batch_size: int = 4
-    lr: float | None = None  # peak learning rate; None: the loss's entry of TUNED_LR
+    lr: float | None = None  # peak learning rate; None: `finetune_lr`'s rule (TUNED_LR on the package's base, scaled by width elsewhere)
     warmup: int = 50
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1
     pause_init: str = "mean"  # see cyb_nb.models.new_rows: 'mean', 'copy' (with copy_rows) or 'random'
-    init_noise: float = 0.1  # 'mean' init: noise as a multiple of the real rows' per-feature std
+    init_noise: float = INIT_NOISE  # 'mean' init: noise as a multiple of the real rows' per-feature std (chapter 05)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -1025,21 +855,27 @@ class FinetuneConfig:
             raise ValueError(f"lr must be a positive number or None (the loss's TUNED_LR), got {self.lr!r}")
 
     def lr_for(self, loss_config) -> float:
-        "The peak learning rate for a loss: `lr` if set, else the loss's entry of `TUNED_LR`."
+        "The peak learning rate for a loss on the package's base: `lr` if set, else the loss's entry of `TUNED_LR` (`finetune` asks `finetune_lr`, which also checks the base)."
         return self.lr if self.lr is not None else TUNED_LR[as_loss_config(loss_config).name]
 
 
 def finetune(base: nn.Module, data, loss_config="ap", config: FinetuneConfig | None = None, n_pauses: int | None = None,
-             seed: int = 0, copy_rows=None, tokenizer=None, **train_kwargs) -> tuple:
-    "Grow `base` (TinyGPT, or a 🤗 causal LM with its `tokenizer`) with the pauses `loss_config` implies (or `n_pauses`), fine-tune it on `data`."
+             seed: int = 0, copy_rows=None, tokenizer=None, in_place: bool = False, log: Callable | None = print,
+             **train_kwargs) -> tuple:
+    "Grow `base` (TinyGPT, or a 🤗 causal LM with its `tokenizer`) with the pauses `loss_config` implies (or `n_pauses`), fine-tune it on `data`; `model.finetune_lr` says which lr and why."
     config = config or FinetuneConfig()
     cfg = as_loss_config(loss_config)
+    lr, rule = finetune_lr(base, cfg, train_kwargs.pop("lr", config.lr))
+    if log is not None and rule != "given" and not rule.startswith("TUNED_LR[" + repr(cfg.name) + "], tuned"):
+        log(f"finetune: lr = {lr:.3g} from {rule}")
     k = pauses_for(cfg) if n_pauses is None else n_pauses
     model = grow_pause_model(base, k, init=config.pause_init, copy_rows=copy_rows, noise=config.init_noise, seed=seed,
-                             tokenizer=tokenizer)
-    kw = dict(steps=config.steps, batch_size=config.batch_size, lr=config.lr_for(cfg), warmup=config.warmup,
+                             tokenizer=tokenizer, in_place=in_place)
+    model.finetune_lr = {"lr": lr, "rule": rule}
+    kw = dict(steps=config.steps, batch_size=config.batch_size, lr=lr, warmup=config.warmup,
               weight_decay=config.weight_decay, min_lr_ratio=config.min_lr_ratio, seed=seed)
     kw.update(train_kwargs)
+    kw["meta"] = {**(kw.get("meta") or {}), "lr_rule": rule}
     return model, train(model, data, cfg, **kw)
 
 
@@ -1105,4 +941,5 @@ def load_model(ckpt, model_dir=None) -> tuple:
     except RuntimeError as e:
         raise ValueError(f"the checkpoint's weights do not fit the model in {str(folder)!r}: {str(e).splitlines()[0]}") from None
     lc = ck.get("loss_config")
-    return model, (as_loss_config(lc) if lc is not None else None), ck
+    model.loss_config = as_loss_config(lc) if lc is not None else None
+    return model, model.loss_config, ck
