@@ -46,7 +46,7 @@ import torch
 from cyb_nb.cli import DEMO_FULL, DEMO_LOSSES, DEMO_RECIPES, budget_config
 from cyb_nb.data import asset_path, build_stdlib_corpus, regime_splits
 from cyb_nb.experiments import gain_rows
-from cyb_nb.train import MODEL_SIZES, BaseConfig, FinetuneConfig, base_cache_dir, base_key, evaluate, finetune, pretrained_base
+from cyb_nb.train import MODEL_SIZES, TUNED_LR, BaseConfig, FinetuneConfig, base_cache_dir, base_key, evaluate, finetune, pretrained_base
 
 FORMAT = 1
 PHASES = {  # phase -> cells (corpus, size, epochs, seeds), most important first
@@ -257,6 +257,9 @@ def main(argv=None):
             ft = budget_config(DEMO_FULL["finetune"] if not a.quick else FinetuneConfig(batch_size=4, warmup=2),
                                data.train.shape[0], epochs=epochs)
             loss = DEMO_LOSSES[name]
+            # every base here, tiny and small, fine-tunes at the package's TUNED_LR, as the stored document measured; named
+            # explicitly because `finetune` alone would scale it by 64/d for the small base (chapter 07's rule for other bases)
+            ft = dataclasses.replace(ft, lr=TUNED_LR[name])
             t0 = time.perf_counter()
             model, _ = finetune(base, data, loss, ft, seed=seed, eval_every=ft.steps, eval_batches=1, progress=False)
             wall = time.perf_counter() - t0

@@ -20,7 +20,7 @@ import torch
 from .data import check_seed
 from .losses import LossConfig
 from .models import grow_pause_model
-from .train import (MODEL_SIZES, BaseConfig, FinetuneConfig, TrainingInterrupted, as_loss_config, check_resumable,
+from .train import (MODEL_SIZES, TUNED_LR, BaseConfig, FinetuneConfig, TrainingInterrupted, as_loss_config, check_resumable,
                           check_writable, evaluate, finetune, load_base_model, load_checkpoint, make_model, model_from_checkpoint,
                           pause_vocab_of,
                           prepare_output_dir, pretrained_base, train)
@@ -136,7 +136,7 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    base_tok = None
+    base_tok, own_bases = None, base is None
     if base is not None:  # your own base: a base .pt or a 🤗 causal LM, whose tokenizer then reads the text
         base, base_tok = load_base_model(base)
         tokenizer = tokenizer if tokenizer is not None or base_tok is None else base_tok.name_or_path
@@ -167,7 +167,10 @@ def run_demo(out="cyb_demo", steps: int | None = None, quick: bool = False, seed
                   meta={"task": task, "seq_len": base_cfg.seq_len, "seed": seed, "regime": regime})
         t0 = time.perf_counter()
         if regime == "finetune":
-            model, h = finetune(base, data, loss, ft, seed=seed, tokenizer=base_tok, **kw)
+            # the demo's own bases (tiny and small) fine-tune at TUNED_LR, the rates chapter 10's measurements used for both
+            # sizes; a base of yours gets `finetune`'s rule for other bases (chapter 07), which it prints
+            ft_r = dataclasses.replace(ft, lr=TUNED_LR[name]) if own_bases and ft.lr is None else ft
+            model, h = finetune(base, data, loss, ft_r, seed=seed, tokenizer=base_tok, **kw)
         else:
             label = label.replace("continued", "from scratch")
             model = make_model(data, loss, n_pauses=k, size=base_cfg.size, seed=seed)

@@ -168,7 +168,8 @@ PRESETS = {
     "cpu": ExperimentConfig(lr=dict(TUNED_LR), warmup=25, batch_size=4),
     # the earlier from-scratch contrast (benchmarks/data_efficiency.json): the same recipes from random weights on all the text
     "cpu_scratch": ExperimentConfig(start="scratch"),
-    # for a lent GPU: a 4-layer d=128 base pretrained for longer, five seeds
+    # for a lent GPU: a 4-layer d=128 base pretrained for longer, five seeds; TUNED_LR named explicitly: it is what gain_scaling
+    # measured on a d=128 base (chapter 10), where finetune alone would apply its 64/d width rule (chapter 07)
     "gpu": ExperimentConfig(base=asdict(BaseConfig(d_model=128, n_layers=4, steps=6000)), lr=dict(TUNED_LR), warmup=25, batch_size=4,
                             seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), difficulty_steps=1500),
 }
