@@ -3,7 +3,7 @@
 * CE continued (no pauses) and TBYS-3 — the paper's baselines;
 * CYB-AP with 1, 2 and 3 pauses (ω = one-hot at W_max, γ = 1) — the pause count;
 * "pauses as context only": 3 pauses in the stream, but ω = 1:0:0:0 forces every answer at the real token, so the loss is plain CE at
-  step 0 while later tokens can still attend to the pauses (the same forward positions as CYB-AP: a compute-matched CE);
+  step 1 (the real token's own step) while later tokens can still attend to the pauses (the same forward positions as CYB-AP: a compute-matched CE);
 
 and, with seed 0 only, CE and TBYS-3 fine-tuned four times as long (8 epochs) with their validation NLL every 500 steps — does
 TBYS's gap to CE close with training? — and read every pause model out several ways on the validation split (`cyb_nb.experiments.readout_parts`): its own rule (CYB's mixture
@@ -35,7 +35,7 @@ VARIANTS = {  # name -> (label, loss, pauses)
     "ap1": ("CYB-AP, 1 pause", LossConfig("ap"), 1),
     "ap2": ("CYB-AP, 2 pauses", LossConfig("ap"), 2),
     "ap": ("CYB-AP, 3 pauses", LossConfig("ap", omega=(0, 0, 0, 1)), 3),
-    "ctx": ("pauses as context only (CE at step 0)", LossConfig("ap", omega=(1, 0, 0, 0)), 3),
+    "ctx": ("pauses as context only (CE at step 1)", LossConfig("ap", omega=(1, 0, 0, 0)), 3),
 }
 
 

@@ -182,7 +182,7 @@ def run_difficulty(cfg: DifficultyConfig, out=None, preset_name: str = "", check
     pre, ft = difficulty_data(cfg)
     if doc["base"] is None:
         doc["base"] = {**{k: base.base_info[k] for k in ("key", "val_nll", "seconds")}, **measure(base, ft, REGIME_SETTINGS["ce"], cfg)}
-    if doc.get("grown") is None:  # the grown model before any fine-tuning: what its new pause steps are worth at step 0
+    if doc.get("grown") is None:  # the grown model before any fine-tuning: what its new pause steps are worth
         from cyb_nb.models import grow_pause_model
         f = FinetuneConfig()
         doc["grown"] = measure(grow_pause_model(base, 3, init=f.pause_init, noise=f.init_noise, seed=cfg.seeds[0]), ft,
@@ -251,7 +251,7 @@ def hard_levels(by_level: dict) -> list:
 # %% ../nbs/15_difficulty.ipynb #b2f69e57
 def level_rows(doc: dict) -> list:
     "Per setting and difficulty level: expected pauses, NLL and the gain t_{i+1}-t_i per step, mean ± sd over seeds (base and grown model first)."
-    rows = [{"setting": "base", "label": "CE base (step 0)", "level": l, "n": v["n"], "seeds": 1, "nll": v["nll"], "nll_sd": 0.0}
+    rows = [{"setting": "base", "label": "CE base (before fine-tuning)", "level": l, "n": v["n"], "seeds": 1, "nll": v["nll"], "nll_sd": 0.0}
             for l, v in doc["base"]["by_level"].items()]
     rows += [{"setting": "grown", "label": "grown, not fine-tuned", "level": l, "n": v["n"], "seeds": 1, "nll": v["nll"], "nll_sd": 0.0,
               "pauses": v["pauses"], "pauses_sd": 0.0, "gain": v["gain"]} for l, v in (doc.get("grown") or {}).get("by_level", {}).items()]
@@ -310,10 +310,10 @@ def difficulty_token_rows(doc: dict, setting: str = "ap", seed: int | None = Non
 
 # %% ../nbs/15_difficulty.ipynb #a3071353
 LEVEL_COLUMNS = {"label": "setting", "level": "difficulty", "n": "tokens", "seeds": "seeds", "pauses": "E[pauses]", "pauses_sd": "± sd",
-                 "nll": "NLL", "nll_sd": "± sd", "gain": "gain t_{i+1}−t_i, i=0/1/2"}
+                 "nll": "NLL", "nll_sd": "± sd", "gain": "gain t_{i+1}−t_i, i=1/2/3"}
 LEVER_COLUMNS = {"label": "setting", "seeds": "seeds", "pauses": "E[pauses]", "easy": "easy", "hard": "hard", "hard_minus_easy": "hard − easy",
                  "hard_minus_easy_sd": "± sd", "nll": "NLL", "nll_sd": "± sd", "nll_hard": "NLL hard", "nll_hard_sd": "± sd"}
-GOAL_COLUMNS = {"label": "setting", "seed": "seed", "easy": "E[pauses] easy", "hard": "E[pauses] hard", "spearman": "Spearman step 0/1/2",
+GOAL_COLUMNS = {"label": "setting", "seed": "seed", "easy": "E[pauses] easy", "hard": "E[pauses] hard", "spearman": "Spearman step 1/2/3",
                 "verdict": "goal"}
 
 

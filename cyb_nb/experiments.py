@@ -84,7 +84,7 @@ FIG6_SETTINGS = ("ce", "tbys1", "tbys2", "tbys3", "ap")
 SWEEP_SETTINGS = ("ap", "ap_g99", "ap_w1111", "ap_w4114", "va_r1111", "va_r4114", "va_r11333", "dp_r1111_a001", "dp_r4114_a001",
                   "dp_r11333_a001", "dp_r1111_a01", "dp_r4114_a01", "dp_r11333_a01")
 DIFFICULTY_SETTINGS = ("ce", "tbys3", "ap")
-PAPER_CALIBRATION = (0.383, 0.157, 0.271)  # Fig. 10: Spearman(d_i, t_{i+1} - t_i) at steps 0, 1, 2 for the chosen CYB-AP
+PAPER_CALIBRATION = (0.383, 0.157, 0.271)  # Fig. 10: Spearman(d_i, t_{i+1} - t_i) at steps i = 1, 2, 3 for the chosen CYB-AP
 
 # %% ../nbs/10_experiments.ipynb #e8071165
 STARTS = ("base", "scratch")
@@ -353,7 +353,7 @@ def readout_parts(model: torch.nn.Module, ids: torch.Tensor, loss: LossConfig, b
         _, _, log_t = head_log_probs(step_logits, tgt, dk_prior=loss.dk_prior)
         plain, s0 = forward_steps(model, x, no_pauses)  # the same weights on the real tokens alone
         parts = {"own rule": loss.eval_nll(step_logits, stream.targets, step_mask=stream.step_mask),
-                 **{f"step {k} only": -log_t[..., k] for k in range(pv.W_max)},
+                 **{f"step {k + 1} only": -log_t[..., k] for k in range(pv.W_max)},  # steps i = 1..W
                  "best step (oracle)": -log_t.max(-1).values,
                  "no pauses in the context": LossConfig("ce").eval_nll(plain.float(), s0.targets)}
         for k, v in parts.items():
@@ -566,7 +566,7 @@ def calibration_rows(doc: dict, setting: str = "ap") -> list:
     for i in range(len(runs[0]["calibration"])):
         vals = [r["calibration"][i] for r in runs if r["calibration"][i] == r["calibration"][i]]  # drop NaN (constant d)
         sp = spread(vals) if vals else {"mean": float("nan"), "std": float("nan"), "n": 0}
-        out.append({"step": i, "spearman": sp["mean"], "sd": sp["std"], "seeds": sp["n"],
+        out.append({"step": i + 1, "spearman": sp["mean"], "sd": sp["std"], "seeds": sp["n"],
                     "paper": PAPER_CALIBRATION[i] if setting == "ap" and i < len(PAPER_CALIBRATION) else None})
     return out
 
