@@ -285,7 +285,7 @@ def test_pauselm_matches_hand_computation_and_losses(kind):
         a, b = cfg(sl, targets), cfg(ref.float(), targets)
         assert abs(a.item() - b.item()) < 1e-5, name
     assert abs(LossConfig.from_name("ap")(sl, targets).item() - cyb_ap_reference(ref, targets)) < 1e-4
-    # CE at step 0 by hand with log-softmax over the real vocabulary
+    # CE at step 1 (code index 0) by hand with log-softmax over the real vocabulary
     ce_ref = -torch.log_softmax(ref[:, :-1, 0, :-1], -1).gather(-1, targets[:, :-1, None]).mean()
     assert abs(LossConfig.from_name("ce")(sl[:, :, :1], targets).item() - ce_ref.item()) < 1e-5
 
