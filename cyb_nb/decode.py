@@ -334,6 +334,16 @@ def _check_decode_args(mode, rule, halt, threshold, max_pauses, pv):
     return max_pauses
 
 
+def _generation_setup(model, pv, dk_prior, omega, mode, rule, halt, threshold, max_pauses, max_new_tokens):
+    "Shared start of the generators: the pause vocabulary, the resolved `DecodeConfig`, the checked options and max pauses per token."
+    pv = _pause_vocab(model, pv)
+    dc = decode_config(model, dk_prior, omega)
+    mp = _check_decode_args(mode, rule, halt, threshold, max_pauses, pv)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
+    return pv, dc, mp
+
+
 def _respond(log_d: torch.Tensor, halt: str, threshold: float, generator) -> torch.Tensor:
     "Whether the model answers now (`[B]` bool): d < threshold, or a draw of δ ~ Bernoulli(d) came out 0."
     if halt == "threshold":
@@ -389,12 +399,8 @@ def stream_generate(model: nn.Module, prompt, max_new_tokens: int = 32, mode: st
                     decode: Callable | None = None, seed: int | None = None, eos_id: int | None = None,
                     pv: PauseVocab | None = None) -> Iterator[TokenEvent]:
     "Generate after `prompt` with the KV cache, yielding a `TokenEvent` per token: Recipe 1 (`mode='fixed'`) or adaptive pauses; ψ′ and ω default to the model's (`decode_config`)."
-    pv = _pause_vocab(model, pv)
-    dc = decode_config(model, dk_prior, omega)
+    pv, dc, mp = _generation_setup(model, pv, dk_prior, omega, mode, readout_rule, halt, threshold, max_pauses, max_new_tokens)
     dk_prior, omega = dc.dk_prior, dc.omega
-    mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
     dev = _model_device(model)
     ids = _as_prompt(prompt, pv.vocab_size).to(dev)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -676,12 +682,8 @@ def generate_batch(model: nn.Module, prompts: Sequence, max_new_tokens: int = 32
     Returns `tokens` and `pauses` (lists per row, as `TokenEvent.pauses`), `calls` (forward calls of the batch), `positions`
     (positions fed for the tokens that produced a generated token, as `generate` counts them), `seconds`, `tokens_per_s`,
     `positions_per_token`, and `config`, the `DecodeConfig` (ψ′ and ω, the model's unless passed) it decoded with."""
-    pv = _pause_vocab(model, pv)
-    dc = decode_config(model, dk_prior, omega)
+    pv, dc, mp = _generation_setup(model, pv, dk_prior, omega, mode, readout_rule, halt, threshold, max_pauses, max_new_tokens)
     dk_prior, omega = dc.dk_prior, dc.omega
-    mp = _check_decode_args(mode, readout_rule, halt, threshold, max_pauses, pv)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1 (the number of tokens to generate), got {max_new_tokens!r}")
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise ValueError(f"prompts must be a non-empty list of prompts (each a list of ids or a 1-D tensor), got {type(prompts).__name__}")
     dev = _model_device(model)

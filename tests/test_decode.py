@@ -307,18 +307,8 @@ def test_stream_generate_needs_a_token_count(model, bad):
 
 
 # ---------- the trade-off benchmark (issue 17): runs end to end, Pareto and goal logic checked by brute force ----------
-def _tradeoff_module():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_tradeoff.py"
-    spec = importlib.util.spec_from_file_location("decode_tradeoff", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_tradeoff_pareto_and_goal_on_hand_made_points():
-    dt = _tradeoff_module()
+def test_tradeoff_pareto_and_goal_on_hand_made_points(load_script):
+    dt = load_script("benchmarks/decode_tradeoff.py")
     P = lambda m, dec, kind, param, pos, nll: dict(model=m, decoder=dec, kind=kind, param=param, positions=pos, nll=nll)
     pts = [P("CE", "no pauses", "ce", 0, 1.0, 3.00), P("R1", "recipe1", "recipe1", 3, 4.0, 2.90),
            P("R1", "threshold 0.5", "threshold", 0.5, 1.5, 2.92), P("R1", "threshold 1", "threshold", 1.0, 1.0, 2.80),

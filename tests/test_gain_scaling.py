@@ -1,5 +1,4 @@
 "benchmarks/gain_scaling.py --quick end to end (seconds), so the script that writes benchmarks/gain_scaling.json cannot rot."
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,11 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def gs():
-    spec = importlib.util.spec_from_file_location("gain_scaling", ROOT / "benchmarks" / "gain_scaling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gs(load_script):
+    return load_script("benchmarks/gain_scaling.py")
 
 
 def test_quick_run_writes_every_cell_and_resumes(gs, tmp_path):

@@ -198,9 +198,11 @@ def _per_position_reference(model, ids, mask, tgt, cut):
     return total
 
 
-@pytest.mark.parametrize("pad", PADS)
-@pytest.mark.parametrize("arch,impl", CASES)
-@pytest.mark.parametrize("cut", list(MYOPIC_CUTS))
+# every architecture × attention implementation × padding × cut
+MYOPIC_MATRIX = [(arch, impl, pad, cut) for cut in MYOPIC_CUTS for arch, impl in CASES for pad in PADS]
+
+
+@pytest.mark.parametrize("arch,impl,pad,cut", MYOPIC_MATRIX)
 def test_myopic_gradients_match_reference(arch, impl, pad, cut):
     m = _model(arch, impl, pad=pad)
     ids, mask, _, real = _batch(pad)
@@ -218,9 +220,7 @@ def test_myopic_gradients_match_reference(arch, impl, pad, cut):
         torch.testing.assert_close(torch.zeros_like(b) if a is None else a, b, **_tol(m, grad=True))
 
 
-@pytest.mark.parametrize("pad", PADS)
-@pytest.mark.parametrize("arch,impl", CASES)
-@pytest.mark.parametrize("cut", list(MYOPIC_CUTS))
+@pytest.mark.parametrize("arch,impl,pad,cut", MYOPIC_MATRIX)
 def test_myopic_is_causal(arch, impl, pad, cut):
     m = _model(arch, impl, pad=pad)
     ids, mask, _, real = _batch(pad)

@@ -153,17 +153,9 @@ def test_token_dataset_checks_its_mask():
     assert TokenDataset(ids, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool())[1]["labels"].tolist() == [2 + 3, -100, -100, -100]
 
 
-def load_recipe():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("cyb_trainer_recipe", ROOT / "examples" / "cyb_trainer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_recipe_script_trains_resumes_and_saves_a_tinygpt(tmp_path, one_torch_thread):
+def test_recipe_script_trains_resumes_and_saves_a_tinygpt(tmp_path, one_torch_thread, load_script):
     from cyb_nb.train import model_from_checkpoint
-    recipe = load_recipe()
+    recipe = load_script("examples/cyb_trainer.py")
     common = ["--data", "modsum", "--seq-len", "12", "--n-train", "48", "--n-val", "16", "--size", "tiny", "--batch-size", "4",
               "--grad-accum", "2", "--warmup", "1", "--save-steps", "2", "--out", str(tmp_path), "--cpu"]
     tr, metrics = recipe.main(common + ["--steps", "2"])
@@ -175,9 +167,9 @@ def test_recipe_script_trains_resumes_and_saves_a_tinygpt(tmp_path, one_torch_th
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
 
 
-def test_recipe_script_fine_tunes_a_saved_pause_lm(tmp_path, one_torch_thread):
+def test_recipe_script_fine_tunes_a_saved_pause_lm(tmp_path, one_torch_thread, load_script):
     from cyb_nb.models import PauseLM, tiny_hf_lm
-    recipe = load_recipe()
+    recipe = load_script("examples/cyb_trainer.py")
     torch.manual_seed(0)
     lm, tok = tiny_hf_lm("llama", d_model=16, n_layers=1, n_heads=2, max_positions=16)
     PauseLM(lm, tok, n_pauses=1).save_pretrained(tmp_path / "base")
@@ -194,10 +186,10 @@ def test_recipe_script_fine_tunes_a_saved_pause_lm(tmp_path, one_torch_thread):
         recipe.main(["--model", str(tmp_path / "base"), "--data", str(tmp_path / "big.pt"), "--out", str(tmp_path / "x"), "--cpu"])
 
 
-def test_recipe_script_grows_a_base_checkpoint(tmp_path, one_torch_thread):
+def test_recipe_script_grows_a_base_checkpoint(tmp_path, one_torch_thread, load_script):
     "`--model BASE.pt` grows a CE-pretrained base into a pause model and fine-tunes it on the 'finetune' half of the text."
     from cyb_nb.train import BaseConfig, model_from_checkpoint, pretrained_base, save_base
-    recipe = load_recipe()
+    recipe = load_script("examples/cyb_trainer.py")
     base = pretrained_base(BaseConfig(d_model=16, n_layers=1, n_heads=2, seq_len=12, steps=2, batch_size=4, warmup=1),
                            cache_dir=tmp_path / "cache", progress=False, log=None)
     save_base(tmp_path / "base.pt", base)
