@@ -293,6 +293,31 @@ def test_pause_lm_without_pauses_equals_the_model(arch, impl):
     torch.testing.assert_close(steps[:, :, 0], pl.head_logits(pl.lm(input_ids=ids).logits), atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("arch,impl", CASES)
+def test_growth_in_place_equals_the_copy(arch, impl):
+    "grow_pause_model(in_place=True) reuses the base object and gives the copy's model: the same weights and, on a left-padded stream, the same step logits bit for bit; the copy leaves the base untouched."
+    from cyb_nb.models import grow_pause_model
+    from cyb_nb.stream import expand
+    base = _model(arch, impl, pad="left")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    copied = grow_pause_model(base, 2, tokenizer=_tokenizer(), seed=0)
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+    grown = grow_pause_model(base, 2, tokenizer=_tokenizer(), seed=0, in_place=True)
+    assert grown.lm is base
+    assert grown.state_dict().keys() == copied.state_dict().keys()
+    assert all(torch.equal(v, copied.state_dict()[k]) for k, v in grown.state_dict().items())
+    ids, _, _, _ = _batch("none")
+    s = expand(ids, 2, grown.pause_vocab.pause_ids, vocab_size=V)
+    n = s.input_ids.shape[1]
+    pad = lambda x: torch.cat([torch.zeros(2, N_PAD, dtype=torch.long), x], 1)
+    am = pad(torch.ones(2, n, dtype=torch.long))
+    am[1, :N_PAD] = 1  # row 1 reads its pads as tokens, row 0 masks them: both rows must agree between the two models
+    a = grown(pad(s.input_ids), position_ids=pad(s.position_ids), attention_mask=am)
+    b = copied(pad(s.input_ids), position_ids=pad(s.position_ids), attention_mask=am)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("myopic_on", [False, True])
 @pytest.mark.parametrize("arch,impl", CASES)
 def test_pause_lm_causal_finite_and_padding_invariant(arch, impl, myopic_on):
