@@ -27,7 +27,8 @@ SOLUTION = re.compile(r"<details>\s*<summary>\s*Solution.*?</summary>(.*?)</deta
 CODE = re.compile(r"```python\n(.*?)```", re.S)
 PRELUDE = "import math\nimport torch\n" + "".join(
     f"from cyb_nb.{m} import *\n" for m in ("stream", "stopping", "losses"))
-LESSONS: tuple = ("00_stream", "01_stopping", "02_loss_ap", "03_loss_va", "04_loss_dp", "04b_classics", "06_data", "08_decode")  # lesson chapters: each holds >= 4 exercises with solutions
+LESSONS: tuple = ("00_stream", "01_stopping", "02_loss_ap", "03_loss_va", "04_loss_dp", "04b_classics", "05_models", "06_data", "07_train",
+                  "08_decode")  # lesson chapters: each holds >= 4 exercises with solutions
 
 
 def solutions(path: Path) -> list:
